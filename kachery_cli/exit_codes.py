@@ -1,0 +1,113 @@
+"""The one place where exceptions become exit codes and one-line messages.
+
+Every command (including kachery-mount and kachery-server) runs its body
+through :func:`run_reporting_errors`, so users see one line on stderr and a
+distinct exit code, never a traceback.
+"""
+
+import errno
+import sys
+from enum import IntEnum
+
+from kachery_core.errors import (
+    AccessDenied,
+    ConfigError,
+    HashMismatch,
+    InvalidHash,
+    InvalidManifest,
+    InvalidURL,
+    IsADirectoryInSnapshot,
+    NotADirectoryInSnapshot,
+    ObjectNotFound,
+    RemoteRejected,
+    RemoteUnavailable,
+)
+
+
+class ExitStatus(IntEnum):
+    OK = 0
+    NOT_FOUND = 1
+    INVALID_INPUT = 2  # also click's code for usage errors
+    CORRUPT = 3  # hash mismatch, invalid manifest
+    REMOTE_UNAVAILABLE = 4
+    ACCESS_DENIED = 5
+    STORAGE_ERROR = 6  # disk full, permissions, other OS errors
+    REMOTE_REJECTED = 7
+    INTERRUPTED = 130
+
+
+# Order matters: the first matching class wins.
+_STATUS_BY_ERROR = (
+    (InvalidURL, ExitStatus.INVALID_INPUT),
+    (InvalidHash, ExitStatus.INVALID_INPUT),
+    (ConfigError, ExitStatus.INVALID_INPUT),
+    (IsADirectoryInSnapshot, ExitStatus.INVALID_INPUT),
+    (NotADirectoryInSnapshot, ExitStatus.INVALID_INPUT),
+    (ObjectNotFound, ExitStatus.NOT_FOUND),
+    (HashMismatch, ExitStatus.CORRUPT),
+    (InvalidManifest, ExitStatus.CORRUPT),
+    (AccessDenied, ExitStatus.ACCESS_DENIED),
+    (RemoteUnavailable, ExitStatus.REMOTE_UNAVAILABLE),
+    (RemoteRejected, ExitStatus.REMOTE_REJECTED),
+)
+
+
+def status_for(error):
+    """The ExitStatus for an exception."""
+    for error_class, status in _STATUS_BY_ERROR:
+        if isinstance(error, error_class):
+            return status
+    if isinstance(error, FileNotFoundError):
+        return ExitStatus.NOT_FOUND
+    if isinstance(error, (IsADirectoryError, NotADirectoryError, ValueError)):
+        return ExitStatus.INVALID_INPUT
+    return ExitStatus.STORAGE_ERROR
+
+
+def message_for(error):
+    """One line describing ``error`` for a user."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return f"no space left on device{_path_suffix(error)}"
+    if isinstance(error, OSError) and error.strerror and not _is_kachery(error):
+        return f"{error.strerror}{_path_suffix(error)}"
+    return str(error) or type(error).__name__
+
+
+def _is_kachery(error):
+    return type(error).__module__.startswith("kachery_core")
+
+
+def _path_suffix(error):
+    return f": {error.filename}" if getattr(error, "filename", None) else ""
+
+
+def run_reporting_errors(body, *args, **kwargs):
+    """Run ``body``; turn expected failures into one stderr line and an exit code."""
+    try:
+        return body(*args, **kwargs)
+    except KeyboardInterrupt:
+        sys.stderr.write("kachery: interrupted\n")
+        sys.exit(ExitStatus.INTERRUPTED)
+    except BrokenPipeError:
+        _silence_stdout()
+        sys.exit(ExitStatus.OK)
+    except (OSError, ValueError) as error:  # KacheryError subclasses both families
+        sys.stderr.write(f"kachery: error: {message_for(error)}\n")
+        sys.exit(status_for(error))
+    except Exception as error:  # noqa: BLE001 - last line of defence: still one line
+        if _is_kachery(error):
+            sys.stderr.write(f"kachery: error: {message_for(error)}\n")
+            sys.exit(status_for(error))
+        sys.stderr.write(f"kachery: internal error: {type(error).__name__}: {error}\n")
+        sys.exit(70)
+
+
+def _silence_stdout():
+    """After EPIPE (e.g. `kachery-cat ... | head`), make the exit-time flush quiet."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass

@@ -1,0 +1,121 @@
+"""Configuration shared by the commands, the mount, the server and the API.
+
+Sources, later ones winning: built-in defaults, the config file
+(``$KACHERY_CONFIG`` or ``~/.config/kachery/config.toml``), environment
+variables (``KACHERY_STORAGE_DIR``, ``KACHERY_REMOTE``, ``KACHERY_TOKEN``), then
+explicit per-call arguments.
+
+Example config file::
+
+    storage_dir = "/data/kachery-storage"
+    cache_max = "20G"
+    remote_timeout = 10
+
+    [[remotes]]
+    url = "https://kachery.example.org"
+    token = "..."            # used for uploads (and reads of a private server)
+"""
+
+import os
+from dataclasses import dataclass, field, replace
+
+from .errors import ConfigError
+
+
+def default_storage_dir():
+    """kachery 0.6.x's default, so an existing store is found without settings."""
+    return os.path.join(os.path.expanduser("~"), "kachery-storage")
+
+
+def config_file_path():
+    explicit = os.environ.get("KACHERY_CONFIG")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "kachery", "config.toml")
+
+
+@dataclass(frozen=True)
+class Remote:
+    url: str
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    storage_dir: str = field(default_factory=default_storage_dir)
+    remotes: tuple = ()
+    cache_max: int | None = None  # bytes; None means no quota
+    remote_timeout: float = 10.0
+
+    def with_overrides(self, **overrides):
+        """A copy with every override that is not None applied."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def load_config(path=None, environ=None):
+    """Read defaults, the config file and the environment into a Config."""
+    environ = os.environ if environ is None else environ
+    settings = _read_file(path or config_file_path())
+    storage_dir = environ.get("KACHERY_STORAGE_DIR") or settings.get("storage_dir")
+    token = environ.get("KACHERY_TOKEN")
+    remotes = _remotes_from_file(settings)
+    if environ.get("KACHERY_REMOTE"):
+        by_url = {remote.url: remote for remote in remotes}
+        urls = environ["KACHERY_REMOTE"].replace(",", " ").split()
+        remotes = tuple(by_url.get(_strip_slash(url), Remote(_strip_slash(url))) for url in urls)
+    if token:
+        remotes = tuple(replace(remote, token=token) for remote in remotes)
+    return Config(
+        storage_dir=os.path.expanduser(storage_dir) if storage_dir else default_storage_dir(),
+        remotes=remotes,
+        cache_max=parse_size(settings["cache_max"]) if "cache_max" in settings else None,
+        remote_timeout=float(settings.get("remote_timeout", 10.0)),
+    )
+
+
+def _read_file(path):
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        return {}
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path}: {error}") from None
+
+
+def _remotes_from_file(settings):
+    remotes = []
+    for item in settings.get("remotes", []):
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            raise ConfigError("config file: each [[remotes]] entry needs a url")
+        remotes.append(Remote(_strip_slash(item["url"]), item.get("token")))
+    return tuple(remotes)
+
+
+def _strip_slash(url):
+    return url.rstrip("/")
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text):
+    """'2G', '500M', '1.5T', '4096' → bytes (binary units)."""
+    if isinstance(text, int):
+        return text
+    value = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise ConfigError(f"bad size {text!r} (examples: 500M, 2G)") from None
+    if number < 0:
+        raise ConfigError(f"bad size {text!r}: negative")
+    return int(number * _UNITS[unit])

@@ -1,0 +1,190 @@
+"""Storing files and directories: hash and copy in a single pass.
+
+A large file is read once. Each block read from the source is handed to up to
+three workers at the same time: the whole-file hash, the chunk hash for the
+file manifest (SPEC §4) and the write to the temp file, while the next block
+is read. hashlib and os.write release the GIL, so these really overlap.
+"""
+
+import logging
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .durability import start_writeback
+from .hashing import digest_bytes, new_hasher
+from .manifest import Chunk, DirEntry, FileEntry, FileManifest, dir_manifest_bytes
+
+log = logging.getLogger("kachery")
+
+#: Chunk size of file manifests; files larger than this get one.
+CHUNK_SIZE = 4 * 1024 * 1024
+#: Files up to this size are read into memory in one go.
+SMALL_FILE = 1024 * 1024
+#: Start disk writeback every this many bytes of a large file.
+WRITEBACK_STEP = 64 * 1024 * 1024
+
+_workers = None
+
+
+def _pool():
+    global _workers
+    if _workers is None:
+        _workers = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kachery-ingest")
+    return _workers
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """What storing one file produced."""
+
+    algorithm: str
+    digest: str
+    size: int
+    manifest: str | None = None  # sha1 of the file manifest, for large sha1 files
+
+    def url(self, name=None):
+        text = f"{self.algorithm}://{self.digest}"
+        if name:
+            text += f"/{name}"
+        if self.manifest:
+            text += f"?manifest={self.manifest}"
+        return text
+
+
+def store_path(batch, path, algorithm="sha1", progress=None):
+    """Hash and copy the file at ``path`` into ``batch``; return a StoredFile."""
+    with open(path, "rb", buffering=0) as source:
+        size = os.fstat(source.fileno()).st_size
+        if size <= SMALL_FILE:
+            data = source.read()
+            stored = store_data(batch, data, algorithm)
+        else:
+            stored = _store_large(batch, source, algorithm)
+    if progress:
+        progress(stored.size)
+    return stored
+
+
+def store_data(batch, data, algorithm="sha1"):
+    """Store bytes already in memory (also used for manifests and text)."""
+    digest = digest_bytes(algorithm, data)
+    batch.write_bytes(data, algorithm, digest)
+    return StoredFile(algorithm, digest, len(data))
+
+
+def _store_large(batch, source, algorithm):
+    fd, temp_path = batch.store.create_temp()
+    try:
+        size, digest, chunks = _copy_and_hash(source, fd, algorithm)
+    except BaseException:
+        os.close(fd)
+        os.unlink(temp_path)
+        raise
+    os.close(fd)
+    batch.add(temp_path, algorithm, digest)
+    if not chunks or len(chunks) < 2:
+        return StoredFile(algorithm, digest, size)
+    manifest = FileManifest(size, digest, tuple(chunks))
+    stored_manifest = store_data(batch, manifest.to_bytes(), "sha1")
+    return StoredFile(algorithm, digest, size, stored_manifest.digest)
+
+
+def _copy_and_hash(source, fd, algorithm):
+    """Copy ``source`` to ``fd`` while hashing; return (size, digest, chunks)."""
+    pool = _pool()
+    whole = new_hasher(algorithm)
+    want_chunks = algorithm == "sha1"
+    chunks = []
+    buffers = (bytearray(CHUNK_SIZE), bytearray(CHUNK_SIZE))
+    offset = 0
+    count = _read_full(source, buffers[0])
+    turn = 0
+    while count:
+        block = memoryview(buffers[turn])[:count]
+        jobs = [pool.submit(whole.update, block), pool.submit(_write_all, fd, block)]
+        if want_chunks:
+            jobs.append(pool.submit(digest_bytes, "sha1", block))
+        turn ^= 1
+        next_count = _read_full(source, buffers[turn])  # overlaps the jobs
+        for job in jobs:
+            job.result()
+        if want_chunks:
+            chunks.append(Chunk(offset, offset + count, jobs[2].result()))
+        if (offset + count) // WRITEBACK_STEP != offset // WRITEBACK_STEP:
+            start_writeback(fd, 0, 0)
+        offset += count
+        count = next_count
+    return offset, whole.hexdigest(), chunks
+
+
+def _read_full(source, buffer):
+    """Fill ``buffer`` from ``source`` unless EOF comes first; return the count."""
+    view = memoryview(buffer)
+    filled = 0
+    while filled < len(buffer):
+        got = source.readinto(view[filled:])
+        if not got:
+            break
+        filled += got
+    return filled
+
+
+def _write_all(fd, block):
+    while block:
+        written = os.write(fd, block)
+        block = block[written:]
+
+
+# ---------------------------------------------------------------- snapshots
+
+def snapshot_dir(batch, path, progress=None):
+    """Store every file under ``path``; return its DirEntry tree.
+
+    Symbolic links are followed (a link cycle is an error); sockets, devices
+    and FIFOs are skipped with a warning (SPEC §3).
+    """
+    return _snapshot(batch, os.fspath(path), progress, ancestors=())
+
+
+def _snapshot(batch, path, progress, ancestors):
+    identity = _identity(path)
+    if identity in ancestors:
+        raise OSError(f"symbolic link cycle at {path}")
+    ancestors = ancestors + (identity,)
+    result = DirEntry()
+    with os.scandir(path) as entries:
+        entries = list(entries)
+    for entry in entries:
+        kind = _kind(entry)
+        if kind == "dir":
+            result.dirs[entry.name] = _snapshot(batch, entry.path, progress, ancestors)
+        elif kind == "file":
+            stored = store_path(batch, entry.path, "sha1", progress)
+            result.files[entry.name] = FileEntry(stored.size, stored.digest, None, stored.manifest)
+        else:
+            log.warning("skipping %s (%s)", entry.path, kind)
+    return result
+
+
+def _identity(path):
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _kind(entry):
+    try:
+        mode = entry.stat(follow_symlinks=True).st_mode
+    except FileNotFoundError:
+        return "broken symbolic link"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "special file"
+
+
+def store_manifest(batch, directory):
+    """Store the canonical manifest of ``directory``; return its sha1."""
+    return store_data(batch, dir_manifest_bytes(directory), "sha1").digest

@@ -1,0 +1,183 @@
+"""The local content-addressed store (SPEC §2).
+
+    <root>/sha1/<h[0:2]>/<h[2:4]>/<h[4:6]>/<h>
+    <root>/md5/<h[0:2]>/<h[2:4]>/<h[4:6]>/<h>
+    <root>/tmp/                  temporary files, renamed into place when complete
+
+The layout is kachery 0.6.x's, so an existing storage directory works as is.
+"""
+
+import os
+import time
+import uuid
+
+from .durability import flush_filesystem
+from .errors import ObjectNotFound
+from .hashing import validate_hash
+
+TEMP_DIR = "tmp"
+
+
+class LocalStore:
+    """Objects on the local disk, named by their hash."""
+
+    def __init__(self, root):
+        self.root = os.path.abspath(os.fspath(root))
+
+    def __repr__(self):
+        return f"LocalStore({self.root!r})"
+
+    def object_path(self, algorithm, digest):
+        """Path of an object; the hash is validated before it is joined."""
+        digest = validate_hash(algorithm, digest)
+        return os.path.join(self.root, algorithm, digest[0:2], digest[2:4], digest[4:6], digest)
+
+    def size(self, algorithm, digest):
+        """Size in bytes of a stored object, or None when it is not here."""
+        try:
+            return os.stat(self.object_path(algorithm, digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def has(self, algorithm, digest):
+        return self.size(algorithm, digest) is not None
+
+    def open(self, algorithm, digest):
+        """Open a stored object for binary reading; raise ObjectNotFound."""
+        try:
+            return open(self.object_path(algorithm, digest), "rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{algorithm}://{digest}", self.root) from None
+
+    def read_bytes(self, algorithm, digest):
+        with self.open(algorithm, digest) as file:
+            return file.read()
+
+    # ------------------------------------------------------------- writing
+
+    def temp_path(self):
+        """A fresh path in the store's temp area (same file system as objects)."""
+        temp_dir = os.path.join(self.root, TEMP_DIR)
+        os.makedirs(temp_dir, exist_ok=True)
+        return os.path.join(temp_dir, f"{os.getpid()}.{uuid.uuid4().hex}.part")
+
+    def create_temp(self):
+        """Create a new temp file; return (fd, path). The caller owns both."""
+        path = self.temp_path()
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
+
+    def publish(self, temp_path, algorithm, digest):
+        """Rename a complete, verified temp file to its object name.
+
+        Idempotent and safe under concurrent writers: if the object is already
+        there the temp file is dropped (same hash, same bytes).
+        """
+        final = self.object_path(algorithm, digest)
+        if os.path.exists(final):
+            _remove_quietly(temp_path)
+            return final
+        try:
+            os.rename(temp_path, final)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.rename(temp_path, final)
+        return final
+
+    def remove_stale_temps(self, older_than=24 * 3600):
+        """Delete temp files left by killed processes; return how many."""
+        temp_dir = os.path.join(self.root, TEMP_DIR)
+        cutoff = time.time() - older_than
+        removed = 0
+        for entry in _scandir_or_empty(temp_dir):
+            pid = entry.name.split(".", 1)[0]
+            if entry.stat().st_mtime < cutoff or (pid.isdigit() and not _pid_alive(int(pid))):
+                _remove_quietly(entry.path)
+                removed += 1
+        return removed
+
+    def iter_objects(self, algorithm):
+        """Yield (digest, path) of every object stored under ``algorithm``."""
+        base = os.path.join(self.root, algorithm)
+        for level1 in _scandir_or_empty(base):
+            for level2 in _scandir_or_empty(level1.path):
+                for level3 in _scandir_or_empty(level2.path):
+                    for entry in _scandir_or_empty(level3.path):
+                        yield entry.name, entry.path
+
+
+class WriteBatch:
+    """Objects written by one command, published together (see durability.py).
+
+    Use as a context manager: on success ``commit()`` flushes the data once,
+    renames every temp file to its object name and flushes the directories
+    once; on an exception the temp files are removed and nothing is published.
+    """
+
+    def __init__(self, store):
+        self.store = store
+        self._pending = []  # (temp_path, algorithm, digest)
+
+    def add(self, temp_path, algorithm, digest):
+        self._pending.append((temp_path, algorithm, digest))
+
+    def write_bytes(self, data, algorithm, digest):
+        """Queue ``data`` (already hashed to ``digest``) unless already stored."""
+        if self.store.has(algorithm, digest):
+            return
+        fd, path = self.store.create_temp()
+        try:
+            with os.fdopen(fd, "wb", closefd=True) as file:
+                file.write(data)
+        except BaseException:
+            _remove_quietly(path)
+            raise
+        self.add(path, algorithm, digest)
+
+    def commit(self):
+        if not self._pending:
+            return
+        flush_filesystem(self.store.root)
+        pending, self._pending = self._pending, []
+        for temp_path, algorithm, digest in pending:
+            self.store.publish(temp_path, algorithm, digest)
+        flush_filesystem(self.store.root)
+
+    def discard(self):
+        for temp_path, _, _ in self._pending:
+            _remove_quietly(temp_path)
+        self._pending = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+        return False
+
+
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _scandir_or_empty(path):
+    try:
+        return list(os.scandir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
