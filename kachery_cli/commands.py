@@ -1,0 +1,283 @@
+"""The standard commands: kachery-store, -load, -info, -ls, -cat, -verify.
+
+Each is a thin click command over kachery_core, also reachable as
+``kachery <name>``. Data goes to stdout; progress, warnings and errors go to
+stderr (see exit_codes.py for the error contract).
+"""
+
+import json
+import logging
+import os
+import sys
+
+import click
+
+from kachery_core.client import DirTarget, Kachery
+from kachery_core.config import Remote, load_config
+
+from .exit_codes import ExitStatus, run_reporting_errors
+from .progress import Progress
+
+
+def make_kachery(storage_dir=None, remotes=()):
+    """A Kachery from the configuration, with command-line overrides applied."""
+    config = load_config()
+    if remotes:
+        tokens = {remote.url: remote.token for remote in config.remotes}
+        urls = [url.rstrip("/") for url in remotes]
+        config = config.with_overrides(remotes=tuple(Remote(u, tokens.get(u)) for u in urls))
+    return Kachery(config.with_overrides(storage_dir=storage_dir))
+
+
+def common_options(command):
+    """--storage-dir and --remote, shared by every command."""
+    command = click.option(
+        "--remote", "remotes", multiple=True, metavar="URL",
+        help="Remote to use (repeatable; replaces KACHERY_REMOTE / the config file).",
+    )(command)
+    return click.option(
+        "--storage-dir", type=click.Path(file_okay=False),
+        help="Local store (default: $KACHERY_STORAGE_DIR, the config file, ~/kachery-storage).",
+    )(command)
+
+
+def configure_logging():
+    logging.basicConfig(format="kachery: %(levelname)s: %(message)s", level=logging.WARNING)
+
+
+# -------------------------------------------------------------------- store
+
+@click.command("store")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--algorithm", type=click.Choice(["sha1", "md5"]), default="sha1",
+              show_default=True, help="Hash for files (directories are always sha1dir).")
+@click.option("--label", help="Label for directory URLs (default: the directory's name).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON record per path.")
+@click.option("--upload", is_flag=True, help="Also upload to the first remote.")
+@click.option("--upload-only", is_flag=True, help="Upload without keeping a local copy.")
+@common_options
+def store_command(paths, algorithm, label, as_json, upload, upload_only, storage_dir, remotes):
+    """Store files and directories; print one URL per PATH."""
+    kachery = make_kachery(storage_dir, remotes)
+    progress = Progress.maybe("storing")
+
+    def store_all(batch):
+        return [_store_one(kachery, batch, path, algorithm, label, progress) for path in paths]
+
+    if upload or upload_only:
+        from kachery_core.upload import store_and_upload
+
+        records = store_and_upload(kachery, store_all, keep_local=not upload_only)
+    else:
+        with kachery.batch() as batch:
+            records = store_all(batch)
+    if progress:
+        progress.close()
+    for record in records:
+        click.echo(json.dumps(record) if as_json else record["url"])
+
+
+def _store_one(kachery, batch, path, algorithm, label, progress):
+    name = os.path.basename(os.path.abspath(path))
+    if os.path.isdir(path):
+        digest, tree = kachery.store_dir(path, batch, progress)
+        text = label if label is not None else name
+        url = f"sha1dir://{digest}.{text}" if text else f"sha1dir://{digest}"
+        files, size = tree.count()
+        return {"path": path, "url": url, "sha1dir": digest, "files": files, "size": size}
+    stored = kachery.store_file(path, algorithm, batch, progress)
+    record = {"path": path, "url": stored.url(name), "size": stored.size,
+              algorithm: stored.digest}
+    if stored.manifest:
+        record["manifest"] = stored.manifest
+    return record
+
+
+# --------------------------------------------------------------------- load
+
+@click.command("load")
+@click.argument("url")
+@click.option("--dest", type=click.Path(), help="Copy the file (or directory) here.")
+@common_options
+def load_command(url, dest, storage_dir, remotes):
+    """Fetch a file or a whole snapshot directory; print its local path."""
+    from kachery_core.export import export_dir, export_file
+
+    kachery = make_kachery(storage_dir, remotes)
+    target = kachery.resolve(url)
+    if isinstance(target, DirTarget):
+        dest = dest or _default_dir_name(target.url)
+        count, total = target.entry.count()
+        progress = Progress.maybe("loading", total)
+        click.echo(os.path.abspath(export_dir(kachery, target.entry, dest, progress)))
+        return
+    if dest:
+        path = export_file(kachery, target.algorithm, target.digest, dest)
+    else:
+        path = kachery.local_path(target.algorithm, target.digest)
+    click.echo(os.path.abspath(path))
+
+
+def _default_dir_name(url):
+    if url.path:
+        return url.path_parts[-1]
+    return url.name or url.hash
+
+
+# --------------------------------------------------------------------- info
+
+@click.command("info")
+@click.argument("url")
+@common_options
+def info_command(url, storage_dir, remotes):
+    """Print JSON about a URL: path, size, hashes (or a directory's totals)."""
+    from kachery_core.api import file_info
+
+    click.echo(json.dumps(file_info(make_kachery(storage_dir, remotes), url), indent=2))
+
+
+# ----------------------------------------------------------------------- ls
+
+@click.command("ls")
+@click.argument("url")
+@click.option("-l", "long", is_flag=True, help="Show sizes.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of entries.")
+@common_options
+def ls_command(url, long, as_json, storage_dir, remotes):
+    """List a snapshot directory; directories end with '/'."""
+    target = make_kachery(storage_dir, remotes).resolve_dir(url)
+    entries = _entries(target)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for item in entries:
+        suffix = "/" if item["type"] == "dir" else ""
+        prefix = f"{item['size']:>14}  " if long else ""
+        click.echo(f"{prefix}{item['name']}{suffix}")
+
+
+def _entries(target):
+    items = []
+    for name, sub in target.entry.dirs.items():
+        files, size = sub.count()
+        items.append({"name": name, "type": "dir", "size": size, "files": files,
+                      "url": str(target.url.child(name))})
+    for name, entry in target.entry.files.items():
+        algorithm, digest = entry.algorithm_and_hash
+        item = {"name": name, "type": "file", "size": entry.size, algorithm: digest,
+                "url": str(target.url.child(name))}
+        if entry.manifest:
+            item["manifest"] = entry.manifest
+        items.append(item)
+    return sorted(items, key=lambda item: item["name"])
+
+
+# ---------------------------------------------------------------------- cat
+
+@click.command("cat")
+@click.argument("url")
+@click.option("--start", type=click.IntRange(min=0), default=0, help="First byte (default 0).")
+@click.option("--end", type=click.IntRange(min=0), help="End byte, exclusive (default: size).")
+@common_options
+def cat_command(url, start, end, storage_dir, remotes):
+    """Write a file's bytes (or the range [start, end)) to stdout, streamed."""
+    if end is not None and end < start:
+        raise click.BadParameter(f"--end {end} is before --start {start}")
+    kachery = make_kachery(storage_dir, remotes)
+    target = kachery.resolve_file(url)
+    end = target.size if end is None else min(end, target.size)
+    sys.stdout.flush()
+    if kachery.store.has(target.algorithm, target.digest) or not target.manifest:
+        path = kachery.local_path(target.algorithm, target.digest)
+        _send_file(path, start, end, sys.stdout.fileno())
+    else:
+        for block in kachery.iter_bytes(target, start, end):
+            sys.stdout.buffer.write(block)
+
+
+def _send_file(path, start, end, out_fd):
+    """Copy [start, end) of a file to out_fd in the kernel where it can."""
+    with open(path, "rb") as file:
+        offset = start
+        while offset < end:
+            try:
+                sent = os.sendfile(out_fd, file.fileno(), offset, min(end - offset, 1 << 30))
+            except OSError:  # e.g. a terminal or other fd sendfile refuses
+                return _copy_range(file, offset, end, out_fd)
+            if sent == 0:
+                break
+            offset += sent
+
+
+def _copy_range(file, offset, end, out_fd):
+    file.seek(offset)
+    while offset < end:
+        block = file.read(min(1 << 20, end - offset))
+        if not block:
+            break
+        view = memoryview(block)
+        while view:
+            view = view[os.write(out_fd, view):]
+        offset += len(block)
+
+
+# ------------------------------------------------------------------- verify
+
+@click.command("verify")
+@click.option("--quarantine", is_flag=True, help="Move corrupt objects to <storage>/quarantine/.")
+@click.option("--clean-temp", is_flag=True, help="Also delete temp files of killed processes.")
+@common_options
+def verify_command(quarantine, clean_temp, storage_dir, remotes):
+    """Re-hash every stored object; report corrupt ones (exit 3 if any)."""
+    from kachery_core.verify import verify_store
+
+    kachery = make_kachery(storage_dir, remotes)
+    if clean_temp:
+        removed = kachery.store.remove_stale_temps(older_than=3600)
+        click.echo(f"removed {removed} stale temp file(s)", err=True)
+    report = verify_store(kachery.store, quarantine=quarantine)
+    for algorithm, expected, got, path in report.corrupt:
+        click.echo(f"CORRUPT {algorithm}://{expected} (content hashes to {got}): {path}")
+    click.echo(f"checked {report.checked} object(s), {report.bytes} bytes, "
+               f"{len(report.corrupt)} corrupt"
+               + (f", {len(report.quarantined)} quarantined" if quarantine else ""), err=True)
+    if report.corrupt:
+        sys.exit(ExitStatus.CORRUPT)
+
+
+# ------------------------------------------------------------------- config
+
+@click.command("config")
+@common_options
+def config_command(storage_dir, remotes):
+    """Print the effective configuration (storage directory, remotes) as JSON."""
+    from kachery_core.config import config_file_path
+
+    config = make_kachery(storage_dir, remotes).config
+    click.echo(json.dumps({
+        "storage_dir": config.storage_dir,
+        "config_file": config_file_path(),
+        "remotes": [remote.url for remote in config.remotes],
+        "cache_max": config.cache_max,
+    }, indent=2))
+
+
+COMMANDS = {
+    "store": store_command, "load": load_command, "info": info_command,
+    "ls": ls_command, "cat": cat_command, "verify": verify_command, "config": config_command,
+}
+
+
+def _entry_point(command, name):
+    def main():
+        configure_logging()
+        run_reporting_errors(command.main, prog_name=name)
+    return main
+
+
+store_main = _entry_point(store_command, "kachery-store")
+load_main = _entry_point(load_command, "kachery-load")
+info_main = _entry_point(info_command, "kachery-info")
+ls_main = _entry_point(ls_command, "kachery-ls")
+cat_main = _entry_point(cat_command, "kachery-cat")
+verify_main = _entry_point(verify_command, "kachery-verify")

@@ -1,0 +1,43 @@
+"""``kachery <subcommand>``: one entry point for every command.
+
+The mount and server commands live in their own packages and are imported only
+when invoked, so ``kachery store`` does not pay for FUSE or aiohttp imports.
+"""
+
+import importlib
+
+import click
+
+from .commands import COMMANDS, configure_logging
+from .exit_codes import run_reporting_errors
+
+# name -> (module, attribute) of commands imported on demand
+_LAZY = {
+    "mount": ("kachery_fs.cli", "mount_command"),
+    "unmount": ("kachery_fs.cli", "unmount_command"),
+    "server": ("kachery_server.cli", "server_command"),
+}
+
+
+class _KacheryGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(set(COMMANDS) | set(_LAZY))
+
+    def get_command(self, ctx, name):
+        if name in COMMANDS:
+            return COMMANDS[name]
+        if name in _LAZY:
+            module, attribute = _LAZY[name]
+            return getattr(importlib.import_module(module), attribute)
+        return None
+
+
+@click.group(cls=_KacheryGroup)
+@click.version_option(package_name="kachery")
+def kachery_group():
+    """kachery: store files and directories by hash URL, read them anywhere."""
+
+
+def cli():
+    configure_logging()
+    run_reporting_errors(kachery_group.main, prog_name="kachery")

@@ -1,0 +1,55 @@
+"""Re-hash stored objects and report (optionally quarantine) corrupt ones."""
+
+import os
+from dataclasses import dataclass, field
+
+from .hashing import new_hasher
+
+QUARANTINE_DIR = "quarantine"
+_BLOCK = 4 * 1024 * 1024
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    bytes: int = 0
+    corrupt: list = field(default_factory=list)  # (algorithm, expected, got, path)
+    quarantined: list = field(default_factory=list)  # new paths
+
+
+def hash_file(path, algorithm):
+    hasher = new_hasher(algorithm)
+    with open(path, "rb", buffering=0) as file:
+        while block := file.read(_BLOCK):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def verify_store(store, algorithms=("sha1", "md5"), quarantine=False, progress=None):
+    """Re-hash every object of ``store``; return a VerifyReport.
+
+    With ``quarantine`` a corrupt object is moved to ``<root>/quarantine/`` so
+    that nothing is served from it any more (and a later store or download can
+    put the right bytes back under its name).
+    """
+    report = VerifyReport()
+    for algorithm in algorithms:
+        for digest, path in store.iter_objects(algorithm):
+            got = hash_file(path, algorithm)
+            report.checked += 1
+            report.bytes += os.path.getsize(path)
+            if progress:
+                progress(report.checked)
+            if got != digest:
+                report.corrupt.append((algorithm, digest, got, path))
+                if quarantine:
+                    report.quarantined.append(_quarantine(store, algorithm, digest, path))
+    return report
+
+
+def _quarantine(store, algorithm, digest, path):
+    target_dir = os.path.join(store.root, QUARANTINE_DIR, algorithm)
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, digest)
+    os.replace(path, target)
+    return target

@@ -1,0 +1,48 @@
+"""Shared fixtures: an isolated storage directory and config per test, and a
+helper that runs the installed commands as real subprocesses."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=200)
+settings.load_profile("ci")
+
+
+@pytest.fixture
+def storage_dir(tmp_path, monkeypatch):
+    """A fresh, empty local store; the environment points every command at it."""
+    root = tmp_path / "storage"
+    monkeypatch.setenv("KACHERY_STORAGE_DIR", str(root))
+    monkeypatch.setenv("KACHERY_CONFIG", str(tmp_path / "no-config.toml"))
+    monkeypatch.delenv("KACHERY_REMOTE", raising=False)
+    monkeypatch.delenv("KACHERY_TOKEN", raising=False)
+    return root
+
+
+def _command_path(name):
+    """The installed console script, next to the running interpreter."""
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
+    return candidate if os.path.exists(candidate) else name
+
+
+@pytest.fixture
+def run_cli():
+    """run_cli('kachery-store', path, ...) -> CompletedProcess (bytes stdout/stderr)."""
+
+    def run(name, *args, input=None, env=None, timeout=120, check=False):
+        full_env = dict(os.environ, **(env or {}))
+        result = subprocess.run(
+            [_command_path(name), *map(str, args)],
+            input=input, capture_output=True, env=full_env, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{name} {args} exited {result.returncode}: {result.stderr.decode()}"
+            )
+        return result
+
+    return run
