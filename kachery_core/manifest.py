@@ -97,7 +97,12 @@ def parse_dir_manifest(data, which="(unnamed)"):
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidManifest(which, f"not JSON ({error})") from None
-    return _parse_dir(document, which, "")
+    except RecursionError:
+        raise InvalidManifest(which, "nested too deeply") from None
+    try:
+        return _parse_dir(document, which, "")
+    except RecursionError:
+        raise InvalidManifest(which, "nested too deeply") from None
 
 
 def _parse_dir(obj, which, where):
@@ -196,6 +201,8 @@ def parse_file_manifest(data, which="(unnamed)"):
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidManifest(which, f"not JSON ({error})") from None
+    except RecursionError:
+        raise InvalidManifest(which, "nested too deeply") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("chunks"), list):
         raise InvalidManifest(which, "file manifest must be an object with a 'chunks' list")
     size = obj.get("size")
