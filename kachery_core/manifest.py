@@ -180,6 +180,7 @@ class FileManifest:
 
     def chunk_range(self, start, end):
         """Indices [first, last) of the chunks that overlap bytes [start, end)."""
+        end = min(end, self.size)  # bytes past the end overlap no chunk
         if start >= end or not self.chunks:
             return 0, 0
         starts = self._starts()
