@@ -1,0 +1,163 @@
+"""Server configuration file and bearer-token access control.
+
+The file is TOML (default ``$KACHERY_SERVER_CONFIG`` or
+``~/.config/kachery/server.toml``)::
+
+    storage_dir = "/data/kachery-storage"
+    host = "0.0.0.0"
+    port = 8080
+    private = false          # true: reads need a token with read permission
+    max_upload = "100G"
+    tls_cert = "/etc/kachery/cert.pem"
+    tls_key = "/etc/kachery/key.pem"
+
+    [[tokens]]               # written by `kachery-server token add NAME [--write]`
+    name = "alice"
+    sha256 = "<hex sha256 of the token>"
+    read = true
+    write = true
+
+Tokens are random 256-bit strings shown once; the file keeps only their
+SHA-256. A fast hash is enough here (unlike passwords): the tokens are
+high-entropy, so the digest cannot be brute-forced back to a token.
+"""
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+
+from kachery_core.config import parse_size
+from kachery_core.errors import ConfigError
+
+DEFAULT_MAX_UPLOAD = "64G"
+DEFAULT_PORT = 8080
+
+
+def default_config_path():
+    explicit = os.environ.get("KACHERY_SERVER_CONFIG")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "kachery", "server.toml")
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    sha256: str
+    read: bool = True
+    write: bool = False
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the file can set; command-line options override it."""
+
+    storage_dir: str | None = None
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    private: bool = False
+    max_upload: int = parse_size(DEFAULT_MAX_UPLOAD)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tokens: tuple = field(default_factory=tuple)
+
+
+def token_digest(token):
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Access:
+    """Who may do what: decides a request's fate from its Authorization header."""
+
+    def __init__(self, tokens, private=False):
+        self.private = private
+        self._by_digest = {token.sha256: token for token in tokens}
+
+    def token_for(self, authorization):
+        """The Token of a 'Bearer <token>' header, or None (absent or unknown)."""
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return None
+        return self._by_digest.get(token_digest(value.strip()))
+
+    def check(self, authorization, write):
+        """None when allowed, else (status, reason): 401 no/bad token, 403 not permitted."""
+        if not write and not self.private:
+            return None
+        token = self.token_for(authorization)
+        if token is None:
+            reason = "bad token" if authorization else "a token is required"
+            return 401, reason
+        allowed = token.write if write else token.read
+        if not allowed:
+            return 403, f"token {token.name!r} may not {'write' if write else 'read'}"
+        return None
+
+
+# -------------------------------------------------------------- config file
+
+def load_settings(path):
+    """Read the server config file (missing file → defaults); raise ConfigError."""
+    data = _read_toml(path)
+    try:
+        return ServerSettings(
+            storage_dir=data.get("storage_dir"),
+            host=str(data.get("host", "127.0.0.1")),
+            port=int(data.get("port", DEFAULT_PORT)),
+            private=bool(data.get("private", False)),
+            max_upload=parse_size(data.get("max_upload", DEFAULT_MAX_UPLOAD)),
+            tls_cert=data.get("tls_cert"),
+            tls_key=data.get("tls_key"),
+            tokens=tuple(_token(item) for item in data.get("tokens", [])),
+        )
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"server config {path}: {error}") from None
+
+
+def _token(item):
+    if not isinstance(item, dict) or not isinstance(item.get("sha256"), str):
+        raise ValueError("each [[tokens]] entry needs name and sha256")
+    return Token(str(item.get("name", "")), item["sha256"].lower(),
+                 bool(item.get("read", True)), bool(item.get("write", False)))
+
+
+def _read_toml(path):
+    try:
+        with open(path, "rb") as file:
+            text = file.read().decode("utf-8")
+    except FileNotFoundError:
+        return {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"server config {path}: {error}") from None
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(text)
+    except ValueError as error:
+        raise ConfigError(f"server config {path}: {error}") from None
+
+
+def add_token(path, name, write=False):
+    """Create a token NAME, append its hash to the config file; return the token.
+
+    Appending (rather than rewriting) keeps the user's comments and layout.
+    The file is created with mode 0600 when missing.
+    """
+    if not name or any(ch in name for ch in "\n\r\0"):
+        raise ConfigError(f"bad token name {name!r}")
+    if any(token.name == name for token in load_settings(path).tokens):
+        raise ConfigError(f"a token named {name!r} already exists in {path}")
+    token = secrets.token_urlsafe(32)
+    # json.dumps yields a valid TOML basic string (same escapes, \uXXXX included)
+    entry = (f"\n[[tokens]]\nname = {json.dumps(name)}\nsha256 = \"{token_digest(token)}\"\n"
+             f"read = true\nwrite = {'true' if write else 'false'}\n")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(entry)
+    return token

@@ -1,0 +1,230 @@
+"""Request handlers of the remote protocol (SPEC §5).
+
+    GET|HEAD /<alg>/<h[0:2]>/<h[2:4]>/<h[4:6]>/<h>    200 | 206 | 304 | 404 | 416
+    PUT      /<alg>/<h[0:2]>/<h[2:4]>/<h[4:6]>/<h>    201 | 200 | 400 | 401 | 403 | 411 | 413
+    POST     /api/has                                 {"sha1": [...], "md5": [...]}
+
+A path is accepted only when the algorithm is known, the digest is a valid hex
+digest and the fan-out folders are its prefixes; only then is a file path
+built, from the validated digest (never from the request's text).
+"""
+
+import asyncio
+import os
+
+from aiohttp import hdrs, web
+
+from kachery_core.hashing import DIGEST_LENGTHS, is_valid_hash
+
+from .commit import GroupCommitter
+from .ranges import UNSATISFIABLE, parse_range
+from .receive import TempUpload
+
+OBJECT_ROUTE = "/{algorithm}/{a}/{b}/{c}/{digest}"
+IMMUTABLE = "public, max-age=31536000, immutable"
+#: Received body bytes are handed to the hashing/writing thread in blocks of this size.
+RECEIVE_BLOCK = 1024 * 1024
+
+
+def _error(status_class, message):
+    """An HTTP error with a one-line plain-text body (clients show it to users)."""
+    return status_class(text=message + "\n")
+
+
+class ObjectService:
+    """Serves one LocalStore under the access rules and upload limit given."""
+
+    def __init__(self, store, access, max_upload):
+        self.store = store
+        self.access = access
+        self.max_upload = max_upload
+        self.committer = GroupCommitter(store)
+
+    def routes(self):
+        return [
+            web.get(OBJECT_ROUTE, self.get_object),
+            web.put(OBJECT_ROUTE, self.put_object, expect_handler=self.expect_upload),
+            web.post("/api/has", self.has_objects),
+        ]
+
+    # ------------------------------------------------------------ helpers
+
+    def object_id(self, request):
+        """(algorithm, lower-case digest) of an object path; raise 400 if malformed."""
+        info = request.match_info
+        algorithm, digest = info["algorithm"], info["digest"].lower()
+        if algorithm not in DIGEST_LENGTHS:
+            raise _error(web.HTTPNotFound, f"unknown algorithm {algorithm!r}")
+        prefixes = (info["a"].lower(), info["b"].lower(), info["c"].lower())
+        if not is_valid_hash(algorithm, digest) or prefixes != (digest[0:2], digest[2:4], digest[4:6]):
+            raise _error(web.HTTPBadRequest, f"malformed object path {request.path!r}")
+        return algorithm, digest
+
+    def authorize(self, request, write):
+        refusal = self.access.check(request.headers.get(hdrs.AUTHORIZATION), write)
+        if refusal is None:
+            return
+        status, reason = refusal
+        error_class = web.HTTPUnauthorized if status == 401 else web.HTTPForbidden
+        raise error_class(text=reason + "\n", headers={hdrs.WWW_AUTHENTICATE: "Bearer"})
+
+    # ----------------------------------------------------------- GET/HEAD
+
+    async def get_object(self, request):
+        algorithm, digest = self.object_id(request)
+        self.authorize(request, write=False)
+        try:
+            file = open(self.store.object_path(algorithm, digest), "rb")
+        except FileNotFoundError:
+            raise _error(web.HTTPNotFound, f"no object {algorithm}://{digest}") from None
+        with file:
+            return await send_object(request, file, digest)
+
+    # ---------------------------------------------------------------- PUT
+
+    async def expect_upload(self, request):
+        """Refuse a doomed upload before the client sends its body (Expect: 100-continue)."""
+        algorithm, digest = self.object_id(request)
+        self.check_upload(request)
+        if self.store.has(algorithm, digest):
+            return web.Response(status=200, text="already present\n")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+
+    def check_upload(self, request):
+        """Raise 401/403 (access), 411 (no length) or 413 (over the limit)."""
+        self.authorize(request, write=True)
+        length = request.content_length
+        if length is None or hdrs.TRANSFER_ENCODING in request.headers:
+            raise _error(web.HTTPLengthRequired, "Content-Length is required")
+        if length > self.max_upload:
+            raise _error(web.HTTPRequestEntityTooLarge,
+                         f"{length} bytes is over the upload limit of {self.max_upload}")
+        return length
+
+    async def put_object(self, request):
+        algorithm, digest = self.object_id(request)
+        length = self.check_upload(request)
+        if self.store.has(algorithm, digest):
+            await _drain(request)  # keep the connection usable for the next request
+            return web.Response(status=200, text="already present\n")
+        temp_path = await receive_object(request, self.store, algorithm, digest, length)
+        created = await self.committer.publish(temp_path, algorithm, digest)
+        return web.Response(status=201 if created else 200,
+                            text="stored\n" if created else "already present\n")
+
+    # ------------------------------------------------------------ api/has
+
+    async def has_objects(self, request):
+        self.authorize(request, write=False)
+        wanted = _parse_has_request(await _json_body(request))
+        present = await asyncio.to_thread(self._present, wanted)
+        return web.json_response(present)
+
+    def _present(self, wanted):
+        return {alg: [d for d in digests if self.store.has(alg, d)] for alg, digests in wanted.items()}
+
+
+async def send_object(request, file, digest):
+    """Answer GET/HEAD for an open object file: full, one range (sendfile) or 416."""
+    size = _file_size(file)
+    headers = {hdrs.ACCEPT_RANGES: "bytes", hdrs.ETAG: f'"{digest}"', hdrs.CACHE_CONTROL: IMMUTABLE}
+    if _not_modified(request, digest):
+        return web.Response(status=304, headers=headers)
+    chosen = parse_range(request.headers.get(hdrs.RANGE), size)
+    if chosen is UNSATISFIABLE:
+        headers[hdrs.CONTENT_RANGE] = f"bytes */{size}"
+        return web.Response(status=416, headers=headers)
+    start, end, status = 0, size, 200
+    if chosen is not None:
+        start, end, status = chosen.start, chosen.end, 206
+        headers[hdrs.CONTENT_RANGE] = chosen.content_range(size)
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_type = "application/octet-stream"
+    response.content_length = end - start
+    await response.prepare(request)
+    if request.method != "HEAD" and end > start:
+        await _sendfile(request, file, start, end - start)
+    await response.write_eof()
+    return response
+
+
+async def _sendfile(request, file, offset, count):
+    """Kernel-to-socket copy (TLS transports fall back to read+write inside asyncio)."""
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("connection lost")
+    await asyncio.get_running_loop().sendfile(transport, file, offset, count)
+
+
+def _file_size(file):
+    return os.fstat(file.fileno()).st_size
+
+
+def _not_modified(request, digest):
+    """If-None-Match names this object's ETag (or '*'): the client's copy is current."""
+    tags = request.headers.get(hdrs.IF_NONE_MATCH, "")
+    return tags.strip() == "*" or f'"{digest}"' in tags
+
+
+async def receive_object(request, store, algorithm, digest, length):
+    """Stream the body into a temp file and verify it; return the temp file's path.
+
+    Raises 400 on a short body or a digest mismatch. On any failure (including
+    cancellation at server shutdown) the temp file is removed: nothing is kept.
+    """
+    upload = TempUpload(store, algorithm)
+    try:
+        await _fill(request, upload)
+        if upload.size != length:
+            raise _error(web.HTTPBadRequest, f"body has {upload.size} bytes, expected {length}")
+        got = await asyncio.to_thread(upload.finish)
+        if got != digest:
+            raise _error(web.HTTPBadRequest, f"digest mismatch: path says {digest}, body is {got}")
+    except BaseException:
+        upload.abort()
+        raise
+    return upload.path
+
+
+async def _fill(request, upload):
+    """Pump the body into ``upload``: receive the next block while the last is written."""
+    pending = None
+    blocks, buffered = [], 0
+    async for data in request.content.iter_any():
+        blocks.append(data)
+        buffered += len(data)
+        if buffered >= RECEIVE_BLOCK:
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(asyncio.to_thread(upload.absorb, b"".join(blocks)))
+            blocks, buffered = [], 0
+    if pending is not None:
+        await pending
+    if blocks:
+        await asyncio.to_thread(upload.absorb, b"".join(blocks))
+
+
+async def _drain(request):
+    async for _ in request.content.iter_any():
+        pass
+
+
+async def _json_body(request):
+    try:
+        return await request.json()
+    except ValueError:
+        raise _error(web.HTTPBadRequest, "body must be JSON") from None
+
+
+def _parse_has_request(document):
+    """{"sha1": [...], "md5": [...]} with every hash valid; raise 400 otherwise."""
+    if not isinstance(document, dict):
+        raise _error(web.HTTPBadRequest, 'expected {"sha1": [...], "md5": [...]}')
+    wanted = {}
+    for algorithm in DIGEST_LENGTHS:
+        digests = document.get(algorithm, [])
+        if not isinstance(digests, list) or not all(is_valid_hash(algorithm, d) for d in digests):
+            raise _error(web.HTTPBadRequest, f"{algorithm!r} must be a list of {algorithm} hashes")
+        wanted[algorithm] = [d.lower() for d in digests]
+    return wanted
