@@ -6,6 +6,7 @@ file manifest (SPEC §4) and the write to the temp file, while the next block
 is read. hashlib and os.write release the GIL, so these really overlap.
 """
 
+import collections
 import logging
 import os
 import stat
@@ -25,13 +26,20 @@ SMALL_FILE = 1024 * 1024
 #: Start disk writeback every this many bytes of a large file.
 WRITEBACK_STEP = 64 * 1024 * 1024
 
+#: Blocks in flight between the reader and the two workers.
+PIPELINE_DEPTH = 6
+
 _workers = None
 
 
-def _pool():
+def _workers_pair():
+    """Two single-thread executors: each runs its jobs in submission order."""
     global _workers
     if _workers is None:
-        _workers = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kachery-ingest")
+        _workers = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="kachery-hash"),
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="kachery-copy"),
+        )
     return _workers
 
 
@@ -92,31 +100,55 @@ def _store_large(batch, source, algorithm):
 
 
 def _copy_and_hash(source, fd, algorithm):
-    """Copy ``source`` to ``fd`` while hashing; return (size, digest, chunks)."""
-    pool = _pool()
+    """Copy ``source`` to ``fd`` while hashing; return (size, digest, chunks).
+
+    Two single-thread workers run decoupled from each other and from the
+    reader: one feeds the whole-file hash, the other hashes each chunk and
+    writes it out. A ring of buffers lets each run ahead of the slower one;
+    a buffer is reused only after both workers are done with it.
+    """
+    whole_worker, chunk_worker = _workers_pair()
     whole = new_hasher(algorithm)
     want_chunks = algorithm == "sha1"
-    chunks = []
-    buffers = (bytearray(CHUNK_SIZE), bytearray(CHUNK_SIZE))
+    free = [bytearray(CHUNK_SIZE) for _ in range(PIPELINE_DEPTH)]
+    in_flight = collections.deque()
+    results = []
     offset = 0
-    count = _read_full(source, buffers[0])
-    turn = 0
-    while count:
-        block = memoryview(buffers[turn])[:count]
-        jobs = [pool.submit(whole.update, block), pool.submit(_write_all, fd, block)]
-        if want_chunks:
-            jobs.append(pool.submit(digest_bytes, "sha1", block))
-        turn ^= 1
-        next_count = _read_full(source, buffers[turn])  # overlaps the jobs
-        for job in jobs:
-            job.result()
-        if want_chunks:
-            chunks.append(Chunk(offset, offset + count, jobs[2].result()))
-        if (offset + count) // WRITEBACK_STEP != offset // WRITEBACK_STEP:
-            start_writeback(fd, 0, 0)
+    while True:
+        buffer = free.pop() if free else _retire(in_flight, results)
+        count = _read_full(source, buffer)
+        if not count:
+            break
+        block = memoryview(buffer)[:count]
+        in_flight.append((
+            buffer,
+            whole_worker.submit(whole.update, block),
+            chunk_worker.submit(_write_chunk, fd, block, offset, want_chunks),
+        ))
         offset += count
-        count = next_count
+    while in_flight:
+        _retire(in_flight, results)
+    chunks = [chunk for chunk in results if chunk is not None]
     return offset, whole.hexdigest(), chunks
+
+
+def _retire(in_flight, results):
+    """Wait for the oldest block's work; record its chunk; return its buffer."""
+    buffer, whole_done, chunk_done = in_flight.popleft()
+    whole_done.result()
+    results.append(chunk_done.result())
+    return buffer
+
+
+def _write_chunk(fd, block, offset, want_chunk):
+    """Write one block at the end of ``fd``; return its Chunk (or None)."""
+    _write_all(fd, block)
+    end = offset + len(block)
+    if end // WRITEBACK_STEP != offset // WRITEBACK_STEP:
+        start_writeback(fd, 0, 0)  # get the disk busy now, not at the final flush
+    if not want_chunk:
+        return None
+    return Chunk(offset, end, digest_bytes("sha1", block))
 
 
 def _read_full(source, buffer):

@@ -1,0 +1,51 @@
+"""Small helpers shared by the benchmark scripts: timing with peak memory,
+medians of alternating runs, and Markdown tables."""
+
+import os
+import shlex
+import statistics
+import subprocess
+import time
+
+
+def run_measured(command, shell=False, env=None, stdout=subprocess.DEVNULL):
+    """Run a command; return (wall seconds, peak RSS in MB of the process)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, shell=shell, env=env, stdout=stdout,
+                               stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    error = process.stderr.read().decode(errors="replace")
+    process.stderr.close()
+    if process.returncode != 0:
+        shown = command if isinstance(command, str) else shlex.join(command)
+        raise RuntimeError(f"{shown} failed ({process.returncode}): {error.strip()}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def median_times(runners, repeat, before_each=None):
+    """Run each named runner ``repeat`` times, alternating; return name -> (median s, max MB)."""
+    times = {name: [] for name in runners}
+    memory = {name: 0.0 for name in runners}
+    for _ in range(repeat):
+        for name, runner in runners.items():
+            if before_each:
+                before_each(name)
+            seconds, megabytes = runner()
+            times[name].append(seconds)
+            memory[name] = max(memory[name], megabytes)
+    return {name: (statistics.median(times[name]), memory[name]) for name in runners}
+
+
+def drop_caches():
+    """Drop the page cache (root only) so the next read comes from disk."""
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as file:
+        file.write("3\n")
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
