@@ -16,6 +16,7 @@ from kachery_core.client import DirTarget, Kachery
 from kachery_core.config import Remote, load_config
 
 from .exit_codes import ExitStatus, run_reporting_errors
+from .exit_codes import _silence_stdout as silence_stdout
 from .progress import Progress
 
 
@@ -187,12 +188,17 @@ def cat_command(url, start, end, storage_dir, remotes):
     target = kachery.resolve_file(url)
     end = target.size if end is None else min(end, target.size)
     sys.stdout.flush()
-    if kachery.store.has(target.algorithm, target.digest) or not target.manifest:
-        path = kachery.local_path(target.algorithm, target.digest)
-        _send_file(path, start, end, sys.stdout.fileno())
-    else:
-        for block in kachery.iter_bytes(target, start, end):
-            sys.stdout.buffer.write(block)
+    try:
+        if kachery.store.has(target.algorithm, target.digest) or not target.manifest:
+            path = kachery.local_path(target.algorithm, target.digest)
+            _send_file(path, start, end, sys.stdout.fileno())
+        else:
+            for block in kachery.iter_bytes(target, start, end):
+                sys.stdout.buffer.write(block)
+    except BrokenPipeError:
+        # The reader went away (`kachery-cat URL | head`): not an error. Handled
+        # here because click turns an EPIPE that leaves the command into exit 1.
+        silence_stdout()
 
 
 def _send_file(path, start, end, out_fd):
