@@ -1,0 +1,479 @@
+"""Remotes over HTTP (SPEC §5). The only module that imports ``requests``.
+
+A remote is a base URL whose object URLs mirror the store layout, so a kachery
+server and any static HTTP server over a storage directory both work (the
+latter read-only). :class:`RemoteSet` tries the configured remotes in order:
+the first that has an object serves it; an unreachable, refusing or corrupt
+remote makes it try the next one.
+
+Every byte that enters the local store from a remote is verified first:
+whole objects stream to a temp file while being hashed and are renamed into
+place only when the digest matches; chunks of a large file are checked against
+their sha1 from a trusted file manifest before any of their bytes is returned.
+
+Reliability: one ``requests.Session`` per thread (connection reuse, thread
+safe), connect/read timeouts from the config, retries with exponential backoff
+on connection errors and 5xx answers, and a remote that failed all its
+retries is skipped for a while instead of being retried for every object.
+"""
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+import urllib3
+
+from .durability import start_writeback
+from .errors import (
+    AccessDenied,
+    HashMismatch,
+    InvalidManifest,
+    ObjectNotFound,
+    RemoteRejected,
+    RemoteUnavailable,
+)
+from .hashing import digest_bytes, new_hasher, validate_hash
+
+#: Bytes read from the socket per step of a download (double-buffered).
+RECEIVE_BLOCK = 4 * 1024 * 1024
+#: Bytes handed to the socket per step of an upload.
+SEND_BLOCK = 1024 * 1024
+#: Start disk writeback every this many downloaded bytes, so the final fsync is short.
+WRITEBACK_STEP = 64 * 1024 * 1024
+#: Hashes per POST /api/has request.
+HAS_BATCH = 20000
+#: Statuses with which a static server says "no such API" (SPEC §5).
+NO_API_STATUSES = (404, 405, 501)
+
+_NETWORK_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+
+
+def object_path(algorithm, digest):
+    """'<alg>/<h[0:2]>/<h[2:4]>/<h[4:6]>/<h>' of a validated digest."""
+    digest = validate_hash(algorithm, digest)
+    return f"{algorithm}/{digest[0:2]}/{digest[2:4]}/{digest[4:6]}/{digest}"
+
+
+class _TransferFailed(Exception):
+    """The connection broke while a body was being received."""
+
+
+class _RangesIgnored(Exception):
+    """The remote answered a Range request with the whole object (200)."""
+
+
+class RemoteSet:
+    """The configured remotes, tried in order. Thread safe.
+
+    ``remotes`` is a sequence of ``config.Remote(url, token)``; the first one
+    also receives uploads.
+    """
+
+    def __init__(self, remotes, timeout=10.0, retries=3, backoff=0.2, down_for=30.0):
+        self.remotes = tuple(remotes)
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.down_for = down_for
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._down_until = {}
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-receive")
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.remotes, timeout=config.remote_timeout)
+
+    def __repr__(self):
+        return f"RemoteSet({[remote.url for remote in self.remotes]!r})"
+
+    # ----------------------------------------------------------- plumbing
+
+    def _session(self):
+        """This thread's Session (requests.Session is not safe to share)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_maxsize=4, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+        return session
+
+    def _live(self):
+        """Remotes not recently found dead (all of them if every one is)."""
+        now = time.monotonic()
+        with self._lock:
+            live = [r for r in self.remotes if self._down_until.get(r.url, 0) <= now]
+        return live or list(self.remotes)
+
+    def _mark(self, remote, alive):
+        with self._lock:
+            if alive:
+                self._down_until.pop(remote.url, None)
+            else:
+                self._down_until[remote.url] = time.monotonic() + self.down_for
+
+    def _send(self, remote, method, path, body=None, headers=None, **options):
+        """One request with retries; returns the Response (any status < 500).
+
+        ``body`` is a callable giving a fresh request body per attempt.
+        Raises RemoteUnavailable when every attempt failed to connect, timed
+        out or got a 5xx answer.
+        """
+        headers = dict(headers or {})
+        if remote.token:
+            headers["Authorization"] = f"Bearer {remote.token}"
+        url = f"{remote.url}/{path}"
+        reason = "no attempt"
+        for attempt in range(self.retries):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            data = body() if body else None
+            try:
+                response = self._session().request(
+                    method, url, data=data, headers=headers,
+                    timeout=(self.timeout, self.timeout), allow_redirects=True, **options)
+            except _NETWORK_ERRORS as error:
+                reason = _describe(error)
+                continue
+            finally:
+                getattr(data, "close", lambda: None)()
+            if response.status_code < 500:
+                self._mark(remote, True)
+                return response
+            reason = f"HTTP {response.status_code}"
+            response.close()
+        self._mark(remote, False)
+        raise RemoteUnavailable(remote.url, reason)
+
+    # -------------------------------------------------------------- reads
+
+    def size(self, algorithm, digest):
+        """Size of the object on the first remote that has it, or None.
+
+        Raises RemoteUnavailable when no remote could be asked, AccessDenied
+        when a remote refused and none had it.
+        """
+        outcome = _Outcome(f"{algorithm}://{digest}")
+        for remote in self._live():
+            try:
+                response = self._send(remote, "HEAD", object_path(algorithm, digest))
+            except RemoteUnavailable as error:
+                outcome.unavailable.append(error)
+                continue
+            if response.status_code == 200 and "Content-Length" in response.headers:
+                return int(response.headers["Content-Length"])
+            outcome.note(_status_error(remote, response, outcome.what))
+        outcome.raise_if_no_answer()
+        return None
+
+    def download(self, algorithm, digest, store, progress=None):
+        """Fetch an object into ``store`` (verified, durable); return its path.
+
+        Raises ObjectNotFound (no remote has it), HashMismatch (every copy
+        found was corrupt), AccessDenied (refused and not found elsewhere),
+        RemoteUnavailable (no remote could be reached).
+        """
+        outcome = _Outcome(f"{algorithm}://{digest}")
+        for remote in self._live():
+            try:
+                return self._download_from(remote, algorithm, digest, store, progress)
+            except (ObjectNotFound, HashMismatch, AccessDenied, RemoteRejected) as error:
+                outcome.note(error)
+            except RemoteUnavailable as error:
+                outcome.unavailable.append(error)
+        raise outcome.failure(self.remotes)
+
+    def _download_from(self, remote, algorithm, digest, store, progress):
+        path = object_path(algorithm, digest)
+        response = self._send(remote, "GET", path, stream=True)
+        with response:
+            if response.status_code != 200:
+                raise _status_error(remote, response, f"{algorithm}://{digest}")
+            try:
+                return self._receive(response, algorithm, digest, store, progress)
+            except _TransferFailed as error:
+                raise RemoteUnavailable(remote.url, f"transfer of {path} broke: {error}") from None
+
+    def _receive(self, response, algorithm, digest, store, progress):
+        fd, temp_path = store.create_temp()
+        try:
+            got = _pump(response.raw, fd, new_hasher(algorithm), self._pool, progress)
+            if got != digest:
+                raise HashMismatch(digest, got, f"download from {response.url}")
+            os.fsync(fd)  # data durable before the name exists (SPEC §2)
+        except BaseException:
+            os.close(fd)
+            os.unlink(temp_path)
+            raise
+        os.close(fd)
+        final = store.publish(temp_path, algorithm, digest)
+        _fsync_parents(final, store.root)
+        return final
+
+    def iter_range(self, target, start, end, kachery):
+        """Yield bytes [start, end) of a remote FileTarget with a trusted manifest.
+
+        Fetches only the chunks that touch the range, each verified against
+        its sha1 before any of its bytes is yielded. A remote that ignores
+        Range requests makes it fall back to a whole, verified download.
+        """
+        manifest = kachery.file_manifest(target.manifest)
+        if manifest.size != target.size or (target.algorithm == "sha1" and manifest.sha1 != target.digest):
+            raise InvalidManifest(f"sha1://{target.manifest}", f"does not describe {target.digest}")
+        first, last = manifest.chunk_range(start, end)
+        position = start
+        for chunk in manifest.chunks[first:last]:
+            try:
+                data = self._fetch_chunk(target, chunk)
+            except _RangesIgnored:
+                yield from _read_file(kachery.local_path(target.algorithm, target.digest), position, end)
+                return
+            piece = data[max(position - chunk.start, 0): min(end, chunk.end) - chunk.start]
+            position += len(piece)
+            yield piece
+
+    def _fetch_chunk(self, target, chunk):
+        what = f"{target.algorithm}://{target.digest} bytes {chunk.start}-{chunk.end - 1}"
+        outcome = _Outcome(what)
+        headers = {"Range": f"bytes={chunk.start}-{chunk.end - 1}"}
+        for remote in self._live():
+            try:
+                response = self._send(remote, "GET", object_path(target.algorithm, target.digest),
+                                      headers=headers)
+            except RemoteUnavailable as error:
+                outcome.unavailable.append(error)
+                continue
+            if response.status_code == 200:
+                raise _RangesIgnored()
+            if response.status_code != 206:
+                outcome.note(_status_error(remote, response, what))
+                continue
+            got = digest_bytes("sha1", response.content)
+            if got == chunk.sha1:
+                return response.content
+            outcome.note(HashMismatch(chunk.sha1, got, f"chunk from {remote.url}"))
+        raise outcome.failure(self.remotes)
+
+    # ------------------------------------------------------------ uploads
+
+    @property
+    def upload_remote(self):
+        """Uploads go to the first configured remote."""
+        return self.remotes[0]
+
+    def has_many(self, objects):
+        """The subset of (algorithm, digest) pairs the upload remote already has.
+
+        One POST /api/has per HAS_BATCH hashes; a remote without that API
+        (static server: 404/405/501) is asked with one HEAD per object.
+        """
+        objects = list(dict.fromkeys(objects))
+        present = set()
+        for index in range(0, len(objects), HAS_BATCH):
+            present |= self._has_batch(objects[index:index + HAS_BATCH])
+        return present
+
+    def _has_batch(self, objects):
+        remote = self.upload_remote
+        wanted = {"sha1": [], "md5": []}
+        for algorithm, digest in objects:
+            wanted[algorithm].append(digest)
+        response = self._send(remote, "POST", "api/has", json=wanted)
+        if response.status_code in NO_API_STATUSES:
+            return {obj for obj in objects if self._head_exists(remote, *obj)}
+        if response.status_code != 200:
+            raise _status_error(remote, response, "api/has")
+        try:
+            answer = response.json()
+            return {(alg, d.lower()) for alg in wanted for d in answer.get(alg, [])}
+        except (ValueError, AttributeError, TypeError):
+            raise RemoteRejected(remote.url, 200, "api/has answer is not the expected JSON") from None
+
+    def _head_exists(self, remote, algorithm, digest):
+        response = self._send(remote, "HEAD", object_path(algorithm, digest))
+        if response.status_code in (401, 403):
+            raise _status_error(remote, response, f"{algorithm}://{digest}")
+        return response.status_code == 200
+
+    def upload(self, algorithm, digest, path, progress=None):
+        """PUT the file at ``path`` as object ``digest``; return the HTTP status (201/200).
+
+        Raises AccessDenied (401/403), RemoteRejected (other 4xx, e.g. 413 or a
+        digest mismatch), RemoteUnavailable (unreachable, 5xx).
+        """
+        remote = self.upload_remote
+        size = os.path.getsize(path)
+        body = (lambda: b"") if size == 0 else (lambda: _FileBody(path, size, progress))
+        response = self._send(remote, "PUT", object_path(algorithm, digest), body=body,
+                              headers={"Content-Length": str(size),
+                                       "Content-Type": "application/octet-stream"})
+        with response:
+            if response.status_code in (200, 201):
+                return response.status_code
+            raise _status_error(remote, response, f"{algorithm}://{digest}")
+
+
+# ------------------------------------------------------------------ helpers
+
+class _Outcome:
+    """Why no remote delivered ``what``, to raise the most useful single error."""
+
+    def __init__(self, what):
+        self.what = what
+        self.unavailable = []
+        self.errors = []
+
+    def note(self, error):
+        self.errors.append(error)
+
+    def raise_if_no_answer(self):
+        """When nobody had the object: re-raise a refusal or an outage, if any."""
+        for error in self.errors:
+            if isinstance(error, (AccessDenied, RemoteRejected)):
+                raise error
+        if self.unavailable and not self.errors:
+            raise self.unavailable[0]
+
+    def failure(self, remotes):
+        """The error to raise: corrupt copies, then refusals, then outages, then not found."""
+        for kind in (HashMismatch, AccessDenied, RemoteRejected):
+            for error in self.errors:
+                if isinstance(error, kind):
+                    return error
+        if self.unavailable and not self.errors:
+            return self.unavailable[0]
+        where = ", ".join(remote.url for remote in remotes)
+        if self.unavailable:
+            where += "; unreachable: " + ", ".join(error.remote for error in self.unavailable)
+        return ObjectNotFound(self.what, where)
+
+
+def _status_error(remote, response, what):
+    """The exception for a non-success status of ``response``."""
+    status = response.status_code
+    reason = _reason(response)
+    if status in (401, 403):
+        return AccessDenied(remote.url, status, reason)
+    if status == 404:
+        return ObjectNotFound(what, remote.url)
+    if status == 416:
+        return HashMismatch("a range inside the object", "416 from the remote", what)
+    if 400 <= status < 500:
+        return RemoteRejected(remote.url, status, reason)
+    return RemoteUnavailable(remote.url, f"unexpected HTTP {status}")
+
+
+def _reason(response):
+    """First line of a short plain-text error body (what our server sends)."""
+    if "text/plain" not in response.headers.get("Content-Type", ""):
+        return ""
+    try:
+        return response.text.strip().splitlines()[0][:200]
+    except (IndexError, requests.RequestException):
+        return ""
+
+
+def _describe(error):
+    text = str(error)
+    for marker in ("Connection refused", "timed out", "Name or service not known", "reset by peer"):
+        if marker in text:
+            return marker.lower()
+    return type(error).__name__
+
+
+def _pump(raw, fd, hasher, pool, progress):
+    """Copy a response body to ``fd`` while hashing; return the hex digest.
+
+    Double-buffered: while one block is hashed and written (two workers, both
+    release the GIL) the next is received.
+    """
+    buffers = (bytearray(RECEIVE_BLOCK), bytearray(RECEIVE_BLOCK))
+    turn, written, jobs = 0, 0, ()
+    while True:
+        count = _receive_into(raw, buffers[turn])
+        for job in jobs:
+            job.result()
+        if not count:
+            return hasher.hexdigest()
+        block = memoryview(buffers[turn])[:count]
+        jobs = (pool.submit(hasher.update, block), pool.submit(_write_all, fd, block))
+        if (written + count) // WRITEBACK_STEP != written // WRITEBACK_STEP:
+            start_writeback(fd, 0, 0)
+        written += count
+        turn ^= 1
+        if progress:
+            progress(count)
+
+
+def _receive_into(raw, buffer):
+    """Fill ``buffer`` from the body unless it ends first; network errors → _TransferFailed."""
+    view = memoryview(buffer)
+    filled = 0
+    try:
+        while filled < len(buffer):
+            got = raw.readinto(view[filled:])
+            if not got:
+                break
+            filled += got
+    except _NETWORK_ERRORS as error:
+        raise _TransferFailed(_describe(error)) from None
+    return filled
+
+
+def _write_all(fd, block):
+    while block:
+        block = block[os.write(fd, block):]
+
+
+def _fsync_parents(final, root):
+    """fsync the object's directory and the fan-out folders the rename may have created."""
+    directory = os.path.dirname(final)
+    for _ in range(4):
+        if not directory.startswith(root):
+            break
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        directory = os.path.dirname(directory)
+
+
+def _read_file(path, start, end):
+    with open(path, "rb") as file:
+        file.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            block = file.read(min(RECEIVE_BLOCK, remaining))
+            if not block:
+                return
+            remaining -= len(block)
+            yield block
+
+
+class _FileBody:
+    """A file as a PUT body: large reads (urllib3 asks for 16 KiB), a length, progress."""
+
+    def __init__(self, path, size, progress=None):
+        self._file = open(path, "rb")
+        self._size = size
+        self._progress = progress
+
+    def __len__(self):
+        return self._size
+
+    def __iter__(self):  # makes requests treat it as a stream with a known length
+        return iter(lambda: self.read(SEND_BLOCK), b"")
+
+    def read(self, _size=-1):
+        block = self._file.read(SEND_BLOCK)
+        if block and self._progress:
+            self._progress(len(block))
+        return block
+
+    def close(self):
+        self._file.close()
