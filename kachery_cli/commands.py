@@ -183,7 +183,7 @@ def _entries(target):
 def cat_command(url, start, end, storage_dir, remotes):
     """Write a file's bytes (or the range [start, end)) to stdout, streamed."""
     if end is not None and end < start:
-        raise click.BadParameter(f"--end {end} is before --start {start}")
+        raise ValueError(f"--end {end} is before --start {start}")  # one line, exit 2
     kachery = make_kachery(storage_dir, remotes)
     target = kachery.resolve_file(url)
     end = target.size if end is None else min(end, target.size)
