@@ -12,7 +12,9 @@ from cachetools import LRUCache
 
 from . import ingest
 from .config import load_config
+from .hashing import digest_bytes
 from .errors import (
+    HashMismatch,
     IsADirectoryInSnapshot,
     NotADirectoryInSnapshot,
     ObjectNotFound,
@@ -127,7 +129,7 @@ class Kachery:
         """The parsed directory manifest with sha1 ``digest`` (cached)."""
         cached = self._dir_manifests.get(digest)
         if cached is None:
-            data = self.read_object("sha1", digest)
+            data = self.read_manifest_object(digest)
             cached = parse_dir_manifest(data, f"sha1dir://{digest}")
             with self._lock:
                 self._dir_manifests[digest] = cached
@@ -137,7 +139,7 @@ class Kachery:
         """The parsed file manifest with sha1 ``digest`` (cached)."""
         cached = self._file_manifests.get(digest)
         if cached is None:
-            data = self.read_object("sha1", digest)
+            data = self.read_manifest_object(digest)
             cached = parse_file_manifest(data, f"sha1://{digest}")
             with self._lock:
                 self._file_manifests[digest] = cached
@@ -162,6 +164,15 @@ class Kachery:
         if self.remotes:
             return self.remotes.download(algorithm, digest, self.store)
         raise ObjectNotFound(f"{algorithm}://{digest}", self._where())
+
+    def read_manifest_object(self, digest):
+        """A manifest's bytes, checked against its sha1: a manifest decides which
+        bytes get served, so a corrupt one must not be trusted (it is small)."""
+        data = self.read_object("sha1", digest)
+        got = digest_bytes("sha1", data)
+        if got != digest.lower():
+            raise HashMismatch(digest, got, "manifest")
+        return data
 
     def read_object(self, algorithm, digest):
         """Whole object as bytes (for manifests and other small objects)."""
