@@ -1,0 +1,173 @@
+"""The download cache: verified objects and chunks fetched from remotes.
+
+Lives in ``<storage>/cache/`` with the store's own layout
+(``cache/sha1/ab/cd/ef/<h>``). A chunk of a large file (SPEC §4) is named by
+its own sha1, so chunks and whole objects are both simply objects here.
+Objects the user stored (``<storage>/sha1/...``) are never touched; only this
+area is evicted, least recently used first, down to a low-water mark when a
+size quota is set or the disk is full.
+"""
+
+import errno
+import logging
+import os
+import threading
+from collections import OrderedDict
+
+from .store import LocalStore
+
+log = logging.getLogger("kachery")
+
+CACHE_DIR = "cache"
+#: Eviction stops when usage is at or below this fraction of the quota.
+LOW_WATER = 0.8
+
+
+class CacheArea(LocalStore):
+    """A LocalStore whose content may be evicted. Thread safe.
+
+    ``max_bytes`` is the quota (None: unbounded, evicted only when the disk
+    is full). Usage is learned by one scan on first use and then kept up to
+    date in memory; ``touch`` records use so eviction takes the least
+    recently used first.
+    """
+
+    def __init__(self, storage_root, max_bytes=None):
+        super().__init__(os.path.join(os.fspath(storage_root), CACHE_DIR))
+        self.max_bytes = max_bytes
+        self._lock = threading.RLock()
+        self._entries = None  # (algorithm, digest) -> size, oldest use first
+        self._usage = 0
+
+    # ----------------------------------------------------------- accounting
+
+    def _index(self):
+        """The LRU index, built from the files' mtimes on first use."""
+        if self._entries is None:
+            found = []
+            for algorithm in ("sha1", "md5"):
+                for digest, path in self.iter_objects(algorithm):
+                    try:
+                        info = os.stat(path)
+                    except FileNotFoundError:
+                        continue
+                    found.append((info.st_mtime, (algorithm, digest), info.st_size))
+            found.sort()
+            self._entries = OrderedDict((key, size) for _, key, size in found)
+            self._usage = sum(self._entries.values())
+        return self._entries
+
+    def usage(self):
+        """(number of objects, bytes) in the cache."""
+        with self._lock:
+            entries = self._index()
+            return len(entries), self._usage
+
+    def touch(self, algorithm, digest):
+        """Record a use of an object (moves it to the young end of the LRU)."""
+        with self._lock:
+            entries = self._index()
+            if (algorithm, digest) in entries:
+                entries.move_to_end((algorithm, digest))
+
+    # -------------------------------------------------------------- writing
+
+    def publish(self, temp_path, algorithm, digest):
+        size = os.path.getsize(temp_path)
+        self.make_room(size)
+        final = super().publish(temp_path, algorithm, digest)
+        with self._lock:
+            entries = self._index()
+            if (algorithm, digest) not in entries:
+                self._usage += size
+            entries[(algorithm, digest)] = size
+            entries.move_to_end((algorithm, digest))
+        os.utime(final)  # the LRU order survives a restart through mtimes
+        return final
+
+    def put(self, data, algorithm, digest):
+        """Store bytes that the caller has verified to hash to ``digest``.
+
+        The room is reserved in the accounting before the bytes are written,
+        so concurrent puts cannot together overshoot the quota.
+        """
+        if self.has(algorithm, digest):
+            self.touch(algorithm, digest)
+            return self.object_path(algorithm, digest)
+        self._reserve(algorithm, digest, len(data))
+        fd, temp_path = self.create_temp()
+        try:
+            try:
+                _write_or_evict(self, fd, data)
+            finally:
+                os.close(fd)
+            return LocalStore.publish(self, temp_path, algorithm, digest)
+        except BaseException:
+            _unlink_quietly(temp_path)
+            self.discard(algorithm, digest)
+            raise
+
+    def _reserve(self, algorithm, digest, size):
+        with self._lock:
+            self.make_room(size)
+            entries = self._index()
+            if (algorithm, digest) not in entries:
+                self._usage += size
+            entries[(algorithm, digest)] = size
+
+    def discard(self, algorithm, digest):
+        """Remove one object from the cache (if there)."""
+        with self._lock:
+            size = self._index().pop((algorithm, digest), None)
+            if size is not None:
+                self._usage -= size
+        _unlink_quietly(self.object_path(algorithm, digest))
+
+    def make_room(self, incoming):
+        """Evict until ``incoming`` more bytes fit under the quota."""
+        if self.max_bytes is None:
+            return
+        with self._lock:
+            self._index()
+            if self._usage + incoming > self.max_bytes:
+                self.evict(max(int(self.max_bytes * LOW_WATER) - incoming, 0))
+
+    def evict(self, target_bytes=0):
+        """Remove least recently used objects until usage ≤ target; return bytes freed."""
+        freed = 0
+        with self._lock:
+            entries = self._index()
+            while entries and self._usage > target_bytes:
+                (algorithm, digest), size = entries.popitem(last=False)
+                _unlink_quietly(self.object_path(algorithm, digest))
+                self._usage -= size
+                freed += size
+        if freed:
+            log.debug("cache: evicted %d bytes", freed)
+        return freed
+
+    def clear(self):
+        """Remove everything from the cache; return bytes freed."""
+        return self.evict(0)
+
+
+def _write_or_evict(cache, fd, data):
+    """Write all of ``data``; a full disk evicts the whole cache and retries once."""
+    view = memoryview(data)
+    retried = False
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except OSError as error:
+            if error.errno != errno.ENOSPC or retried:
+                raise
+            retried = True
+            log.warning("cache: disk full, evicting the download cache")
+            cache.evict(0)
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
