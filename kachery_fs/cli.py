@@ -1,0 +1,84 @@
+"""``kachery-mount`` / ``kachery-unmount`` (also ``kachery mount`` / ``kachery unmount``).
+
+Thin click commands over :mod:`kachery_fs.mount`. Options come from the same
+configuration as the other commands (``--storage-dir``, ``--remote``,
+``KACHERY_*`` variables, the config file).
+"""
+
+import logging
+import os
+
+import click
+
+from kachery_cli.commands import common_options, configure_logging, make_kachery
+from kachery_cli.exit_codes import run_reporting_errors
+
+from . import mount as lifecycle
+from .locate import MOUNT_ENV
+
+
+@click.command("mount")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--background", is_flag=True,
+              help="Detach once mounted (default: stay in the foreground until Ctrl-C/SIGTERM).")
+@click.option("--allow-other", is_flag=True,
+              help="Let other users read the mount (non-root needs user_allow_other in /etc/fuse.conf).")
+@click.option("--log-file", type=click.Path(dir_okay=False),
+              help="Log of a --background mount (default: <storage-dir>/logs/mount.log).")
+@click.option("--debug", is_flag=True, help="Log every FUSE request (very verbose).")
+@common_options
+def mount_command(mountpoint, background, allow_other, log_file, debug, storage_dir, remotes):
+    """Mount the hash-URL namespace at MOUNTPOINT (read-only).
+
+    \b
+    MOUNTPOINT/sha1/<hash>                        a stored file
+    MOUNTPOINT/md5/<hash>                         a stored file (md5)
+    MOUNTPOINT/sha1dir/<hash>[.<label>]/<path>    a stored directory snapshot
+    """
+    kachery = make_kachery(storage_dir, remotes)
+    if debug:
+        logging.getLogger("kachery").setLevel(logging.DEBUG)
+    if background:
+        log_file = log_file or os.path.join(kachery.config.storage_dir, "logs", "mount.log")
+        arguments = _child_arguments(kachery, allow_other, debug)
+        pid = lifecycle.start_background(mountpoint, arguments, log_file)
+        click.echo(f"kachery: mounted {mountpoint} (pid {pid}); "
+                   f"unmount with: kachery-unmount {mountpoint}", err=True)
+        return
+    click.echo(f"kachery: mounting {mountpoint} (Ctrl-C to unmount); "
+               f"tip: export {MOUNT_ENV}={os.path.abspath(mountpoint)}", err=True)
+    lifecycle.serve(kachery, mountpoint, allow_other=allow_other, debug=debug)
+
+
+def _child_arguments(kachery, allow_other, debug):
+    """The foreground command line that a --background mount runs."""
+    arguments = ["--storage-dir", kachery.config.storage_dir]
+    for remote in kachery.config.remotes:
+        arguments += ["--remote", remote.url]
+    if allow_other:
+        arguments.append("--allow-other")
+    if debug:
+        arguments.append("--debug")
+    return arguments
+
+
+@click.command("unmount")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--lazy", is_flag=True, help="Detach now even if files are open (fusermount3 -u -z).")
+def unmount_command(mountpoint, lazy):
+    """Unmount a kachery mount (same as fusermount3 -u MOUNTPOINT)."""
+    if not lifecycle.is_mounted(mountpoint):
+        raise lifecycle.MountError(2, f"not mounted: {mountpoint}")
+    lifecycle.unmount(mountpoint, lazy=lazy)
+
+
+def _entry_point(command, name):
+    def main():
+        configure_logging()
+        run_reporting_errors(command.main, prog_name=name)
+
+    return main
+
+
+mount_main = _entry_point(mount_command, "kachery-mount")
+unmount_main = _entry_point(unmount_command, "kachery-unmount")

@@ -1,0 +1,177 @@
+"""Mount lifecycle: prepare the mount point, serve, detach, unmount.
+
+- :func:`serve` mounts and serves in this process until unmounted or until
+  SIGINT/SIGTERM/SIGHUP (libfuse's handlers end the loop and unmount).
+- :func:`start_background` runs the same thing in a detached child process
+  and returns once the mount is usable, or raises with the child's error.
+- A mount point left "Transport endpoint is not connected" by a killed daemon
+  is recovered with a lazy unmount before mounting (:func:`prepare_mountpoint`).
+- The kernel adapter is imported only inside :func:`serve`, so this module
+  (and the CLI's help) loads without the FUSE library.
+"""
+
+import errno
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+from kachery_core.errors import KacheryError
+
+log = logging.getLogger("kachery.mount")
+
+#: The kernel's readahead for the mount, in KiB (the default is 128).
+READ_AHEAD_KB = 1024
+#: How long start_background waits for the child to mount.
+READY_TIMEOUT = 30.0
+
+
+class MountError(KacheryError, OSError):
+    """A mount or unmount that could not be done; the message says why."""
+
+
+# ----------------------------------------------------------------- state
+
+def is_stale(mountpoint):
+    """True when ``mountpoint`` is a dead FUSE mount (its daemon is gone)."""
+    try:
+        os.stat(mountpoint)
+    except OSError as error:
+        return error.errno == errno.ENOTCONN
+    return False
+
+
+def is_mounted(mountpoint):
+    """True when something is mounted at ``mountpoint`` (read from the mount table)."""
+    target = os.path.realpath(mountpoint)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        return any(_unescape(line.split()[4]) == target for line in table)
+
+
+def _unescape(field):
+    """Mount table fields escape space, tab, newline and backslash as octal (\\040)."""
+    if "\\" not in field:
+        return field
+    raw = field.encode("utf-8", "surrogateescape").decode("unicode_escape")
+    return raw.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def prepare_mountpoint(mountpoint):
+    """Check ``mountpoint`` can take a mount; recover it if it is stale."""
+    if is_stale(mountpoint):
+        log.warning("%s: stale mount (transport endpoint not connected); unmounting it", mountpoint)
+        unmount(mountpoint, lazy=True)
+    if not os.path.isdir(mountpoint):
+        raise MountError(errno.ENOTDIR, f"mount point is not a directory: {mountpoint}")
+    if is_mounted(mountpoint):
+        raise MountError(errno.EBUSY, f"already mounted: {mountpoint} (kachery-unmount it first)")
+
+
+# ---------------------------------------------------------------- unmount
+
+def unmount(mountpoint, lazy=False):
+    """Unmount a FUSE mount; ``lazy`` detaches it even while files are open."""
+    if not lazy and is_stale(mountpoint):
+        lazy = True
+    command = _unmount_command(mountpoint, lazy)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        detail = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
+        raise MountError(errno.EBUSY, f"cannot unmount {mountpoint}: {detail[0]}")
+
+
+def _unmount_command(mountpoint, lazy):
+    for helper in ("fusermount3", "fusermount"):
+        if shutil.which(helper):
+            return [helper, "-u"] + (["-z"] if lazy else []) + [mountpoint]
+    return ["umount"] + (["-l"] if lazy else []) + [mountpoint]
+
+
+# ------------------------------------------------------------------ serve
+
+def serve(kachery, mountpoint, allow_other=False, debug=False):
+    """Mount the namespace at ``mountpoint`` and serve until unmounted or signalled."""
+    from .fuse_adapter import run_fuse
+    from .resolver import Resolver
+
+    # Absolute: libfuse changes the working directory to / once mounted.
+    mountpoint = os.path.abspath(mountpoint)
+    prepare_mountpoint(mountpoint)
+    mounted = threading.Event()
+    watcher = threading.Thread(target=_after_mount, args=(mountpoint, mounted), daemon=True)
+    watcher.start()
+    try:
+        run_fuse(Resolver(kachery), mountpoint, allow_other=allow_other, debug=debug)
+    except RuntimeError as error:
+        # libfuse reports a signal-ended loop as an error status too; only a
+        # mount that never came up is a failure.
+        if not mounted.is_set():
+            raise MountError(errno.EIO, f"could not mount {mountpoint} ({error})") from None
+    log.info("unmounted %s", mountpoint)
+
+
+def _after_mount(mountpoint, mounted, timeout=READY_TIMEOUT):
+    """Wait for the mount to appear, then raise its readahead."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_mounted(mountpoint):
+            mounted.set()
+            raise_read_ahead(mountpoint)
+            return
+        time.sleep(0.005)
+
+
+def raise_read_ahead(mountpoint, kilobytes=READ_AHEAD_KB):
+    """Raise the mount's readahead (via sysfs); quietly skipped when not allowed.
+
+    libfuse can only lower the kernel's 128 KiB default; large sequential
+    reads go much faster with 1 MiB requests.
+    """
+    device = os.stat(mountpoint).st_dev
+    path = f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb"
+    try:
+        with open(path, "w") as knob:
+            knob.write(str(kilobytes))
+    except OSError as error:
+        log.debug("cannot raise readahead (%s): %s", path, error)
+
+
+# ------------------------------------------------------------- background
+
+def start_background(mountpoint, arguments, log_file):
+    """Run ``python -m kachery_fs MOUNTPOINT ARGUMENTS`` detached; wait until mounted.
+
+    Returns the child's pid. Raises MountError with the child's last log line
+    when it exits first or does not mount within READY_TIMEOUT seconds.
+    """
+    prepare_mountpoint(mountpoint)
+    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    with open(log_file, "ab") as log_stream:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "kachery_fs", mountpoint, *arguments],
+            stdin=subprocess.DEVNULL, stdout=log_stream, stderr=log_stream,
+            start_new_session=True,  # survives the terminal and its Ctrl-C
+        )
+    _wait_for_mount(mountpoint, child, log_file)
+    return child.pid
+
+
+def _wait_for_mount(mountpoint, child, log_file):
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise MountError(errno.EIO, f"mount failed: {_last_line(log_file)}")
+        if is_mounted(mountpoint):
+            return
+        time.sleep(0.01)
+    child.terminate()
+    raise MountError(errno.ETIMEDOUT, f"not mounted after {READY_TIMEOUT:.0f} s (see {log_file})")
+
+
+def _last_line(path):
+    with open(path, "rb") as stream:
+        lines = stream.read().decode("utf-8", "replace").strip().splitlines()
+    return lines[-1] if lines else "no message (see the log)"

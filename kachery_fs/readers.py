@@ -1,0 +1,64 @@
+"""Where the bytes of an open file come from: the mount's one read path.
+
+:func:`open_reader` is the single place that decides how a file is read. Today
+every file is served from a whole object in the local store;
+``Kachery.local_path`` downloads (and verifies) whole objects from the remotes
+first when remotes are configured.
+
+Seam for lazy remote reads (issue 5): a reader for large files with a trusted
+file manifest (``target.manifest``) that fetches and verifies single chunks
+slots in here, as another class with the same three members — ``handle``,
+``read(size, offset)`` and ``close()`` — chosen by :func:`open_reader`.
+Nothing else in the mount needs to change.
+"""
+
+import os
+
+from kachery_core.errors import HashMismatch
+
+
+class LocalReader:
+    """A file in the local store, opened once; reads are ``pread`` calls.
+
+    ``pread`` needs no seek position, so concurrent reads of one handle from
+    the mount's worker threads are safe, and it releases the GIL while the
+    kernel copies.
+    """
+
+    def __init__(self, fd):
+        self.fd = fd
+        #: Unique among open readers (an open file descriptor cannot repeat).
+        self.handle = fd
+
+    def read(self, size, offset):
+        return os.pread(self.fd, size, offset)
+
+    def close(self):
+        os.close(self.fd)
+
+
+def open_reader(kachery, target):
+    """A reader for a FileTarget (algorithm, digest, size, manifest).
+
+    Raises ObjectNotFound when no store has the object, and HashMismatch when
+    the local object does not have the size the snapshot says (a cheap check
+    that keeps a damaged store from serving wrong bytes at the end of a file).
+    """
+    path = kachery.local_path(target.algorithm, target.digest)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check_size(fd, target)
+    except BaseException:
+        os.close(fd)
+        raise
+    return LocalReader(fd)
+
+
+def _check_size(fd, target):
+    actual = os.fstat(fd).st_size
+    if actual != target.size:
+        raise HashMismatch(
+            target.digest,
+            f"a file of {actual} bytes instead of {target.size}",
+            f"object {target.algorithm}://{target.digest}",
+        )
