@@ -42,6 +42,20 @@ def common_options(command):
     )(command)
 
 
+def mount_point_option(command):
+    return click.option(
+        "--mount-point", type=click.Path(file_okay=False),
+        help="Mount point for mount paths (default: $KACHERY_MOUNT).",
+    )(command)
+
+
+def locate_under_mount(url, mount_point):
+    """Path of ``url`` under the mount (kachery_fs.locate is pure: no FUSE import)."""
+    from kachery_fs.locate import mount_path
+
+    return mount_path(url, mount_point)
+
+
 def configure_logging():
     logging.basicConfig(format="kachery: %(levelname)s: %(message)s", level=logging.WARNING)
 
@@ -56,8 +70,12 @@ def configure_logging():
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON record per path.")
 @click.option("--upload", is_flag=True, help="Also upload to the first remote.")
 @click.option("--upload-only", is_flag=True, help="Upload without keeping a local copy.")
+@click.option("--mount-path", is_flag=True,
+              help="Print each path under the kachery mount instead of the URL.")
+@mount_point_option
 @common_options
-def store_command(paths, algorithm, label, as_json, upload, upload_only, storage_dir, remotes):
+def store_command(paths, algorithm, label, as_json, upload, upload_only, mount_path, mount_point,
+                  storage_dir, remotes):
     """Store files and directories; print one URL per PATH."""
     kachery = make_kachery(storage_dir, remotes)
     progress = Progress.maybe("storing")
@@ -75,7 +93,10 @@ def store_command(paths, algorithm, label, as_json, upload, upload_only, storage
     if progress:
         progress.close()
     for record in records:
-        click.echo(json.dumps(record) if as_json else record["url"])
+        if mount_path:
+            record["mount_path"] = locate_under_mount(record["url"], mount_point)
+        shown = record["mount_path"] if mount_path else record["url"]
+        click.echo(json.dumps(record) if as_json else shown)
 
 
 def _store_one(kachery, batch, path, algorithm, label, progress):
@@ -129,12 +150,21 @@ def _default_dir_name(url):
 
 @click.command("info")
 @click.argument("url")
+@mount_point_option
 @common_options
-def info_command(url, storage_dir, remotes):
-    """Print JSON about a URL: path, size, hashes (or a directory's totals)."""
-    from kachery_core.api import file_info
+def info_command(url, mount_point, storage_dir, remotes):
+    """Print JSON about a URL: path, size, hashes (or a directory's totals).
 
-    click.echo(json.dumps(file_info(make_kachery(storage_dir, remotes), url), indent=2))
+    With a mount point (--mount-point or $KACHERY_MOUNT) it also gives
+    "mount_path", the URL's path under the kachery mount.
+    """
+    from kachery_core.api import file_info
+    from kachery_fs.locate import default_mountpoint
+
+    info = file_info(make_kachery(storage_dir, remotes), url)
+    if mount_point or default_mountpoint():
+        info["mount_path"] = locate_under_mount(url, mount_point)
+    click.echo(json.dumps(info, indent=2))
 
 
 # ----------------------------------------------------------------------- ls
