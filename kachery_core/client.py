@@ -11,20 +11,24 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 
 from . import ingest
+from .cache import CacheArea
 from .config import load_config
+from .fetching import Fetcher
 from .hashing import digest_bytes
 from .errors import (
     HashMismatch,
+    InvalidManifest,
     IsADirectoryInSnapshot,
     NotADirectoryInSnapshot,
     ObjectNotFound,
 )
 from .manifest import DirEntry, FileEntry, parse_dir_manifest, parse_file_manifest
+from .stats import Stats
 from .store import LocalStore, WriteBatch
 from .urls import HashURL, parse_url
 
-#: Copy granularity when streaming an object.
-STREAM_BLOCK = 1024 * 1024
+#: Granularity of streamed reads (a whole chunk: one fetch per block remotely).
+STREAM_BLOCK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class Kachery:
         self._lock = threading.Lock()
         self._dir_manifests = LRUCache(maxsize=32)
         self._file_manifests = LRUCache(maxsize=1024)
+        self.cache = CacheArea(self.config.storage_dir, self.config.cache_max)
+        self.stats = Stats()
+        self._fetcher = None
 
     @classmethod
     def from_config(cls, **overrides):
@@ -149,21 +156,70 @@ class Kachery:
 
     def object_size(self, algorithm, digest):
         """Size of an object, asking the remotes when it is not local."""
-        size = self.store.size(algorithm, digest)
-        if size is None and self.remotes:
-            size = self.remotes.size(algorithm, digest)
+        path = self.find_local(algorithm, digest)
+        if path is not None:
+            return os.path.getsize(path)
+        size = self.remotes.size(algorithm, digest) if self.remotes else None
         if size is None:
             raise ObjectNotFound(f"{algorithm}://{digest}", self._where())
         return size
 
-    def local_path(self, algorithm, digest):
-        """Path of the object in the local store, downloading it (verified) if needed."""
+    def find_local(self, algorithm, digest):
+        """Path of the object in the store or the download cache, or None."""
         path = self.store.object_path(algorithm, digest)
         if os.path.exists(path):
             return path
-        if self.remotes:
-            return self.remotes.download(algorithm, digest, self.store)
+        path = self.cache.object_path(algorithm, digest)
+        if os.path.exists(path):
+            self.cache.touch(algorithm, digest)
+            return path
+        return None
+
+    def local_path(self, algorithm, digest):
+        """Path of the object on this machine, downloading it (verified) if needed.
+
+        Downloads go to the cache area (``<storage>/cache``), never into the
+        user's own objects, so a cache quota can evict them.
+        """
+        path = self.find_local(algorithm, digest)
+        if path is not None:
+            return path
+        if self.fetcher is not None:
+            return self.fetcher.object_path(algorithm, digest)
         raise ObjectNotFound(f"{algorithm}://{digest}", self._where())
+
+    @property
+    def fetcher(self):
+        """The Fetcher over the remotes (None without remotes)."""
+        if self._fetcher is None and self.remotes:
+            with self._lock:
+                if self._fetcher is None:
+                    self._fetcher = Fetcher(self.cache, self.remotes.fetch_chunk,
+                                            self.remotes.download, stats=self.stats)
+        return self._fetcher
+
+    def trusted_manifest(self, target):
+        """The FileManifest of a FileTarget, checked to describe that file."""
+        manifest = self.file_manifest(target.manifest)
+        if manifest.size != target.size or (
+            target.algorithm == "sha1" and manifest.sha1 != target.digest
+        ):
+            raise InvalidManifest(f"sha1://{target.manifest}",
+                                  f"does not describe {target.algorithm}://{target.digest}")
+        return manifest
+
+    def read_range(self, target, offset, size):
+        """Bytes [offset, offset+size) of a FileTarget.
+
+        A file that is not here but has a trusted file manifest is read chunk
+        by chunk from the remotes (each chunk verified); any other file is
+        located (downloaded whole and verified if needed) and read.
+        """
+        path = self.find_local(target.algorithm, target.digest)
+        if path is None and target.manifest and self.fetcher is not None:
+            return self.fetcher.read(target, self.trusted_manifest(target), offset, size)
+        with open(path or self.local_path(target.algorithm, target.digest), "rb") as file:
+            return os.pread(file.fileno(), size, offset)
 
     def read_manifest_object(self, digest):
         """A manifest's bytes, checked against its sha1: a manifest decides which
@@ -180,23 +236,15 @@ class Kachery:
             return file.read()
 
     def iter_bytes(self, target, start=0, end=None):
-        """Yield the bytes [start, end) of a FileTarget in blocks."""
+        """Yield the bytes [start, end) of a FileTarget in blocks (constant memory)."""
         end = target.size if end is None else min(end, target.size)
-        if start >= end:
-            return
-        remote_range = getattr(self.remotes, "iter_range", None)
-        if not self.store.has(target.algorithm, target.digest) and target.manifest and remote_range:
-            yield from remote_range(target, start, end, self)
-            return
-        with open(self.local_path(target.algorithm, target.digest), "rb") as file:
-            file.seek(start)
-            remaining = end - start
-            while remaining:
-                block = file.read(min(STREAM_BLOCK, remaining))
-                if not block:
-                    break
-                remaining -= len(block)
-                yield block
+        position = start
+        while position < end:
+            block = self.read_range(target, position, min(STREAM_BLOCK, end - position))
+            if not block:
+                raise OSError(f"{target.algorithm}://{target.digest} ended early at byte {position}")
+            position += len(block)
+            yield block
 
     def _where(self):
         names = [self.store.root] + [remote.url for remote in self.config.remotes]
