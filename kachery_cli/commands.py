@@ -298,9 +298,32 @@ def config_command(storage_dir, remotes):
     }, indent=2))
 
 
+# -------------------------------------------------------------------- cache
+
+@click.command("cache")
+@click.option("--clear", is_flag=True, help="Delete everything in the download cache.")
+@common_options
+def cache_command(clear, storage_dir, remotes):
+    """Show the download cache's usage (JSON); --clear empties it.
+
+    The cache holds verified downloads from remotes; objects you stored
+    yourself are never in it and never evicted. A running mount's fetch
+    counters are in <mountpoint>/.kachery-stats.
+    """
+    cache = make_kachery(storage_dir, remotes).cache
+    freed = cache.clear() if clear else 0
+    objects, used = cache.usage()
+    report = {"cache_dir": cache.root, "objects": objects, "bytes": used,
+              "max_bytes": cache.max_bytes}
+    if clear:
+        report["freed_bytes"] = freed
+    click.echo(json.dumps(report, indent=2))
+
+
 COMMANDS = {
     "store": store_command, "load": load_command, "info": info_command,
     "ls": ls_command, "cat": cat_command, "verify": verify_command, "config": config_command,
+    "cache": cache_command,
 }
 
 

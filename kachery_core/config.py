@@ -2,7 +2,8 @@
 
 Sources, later ones winning: built-in defaults, the config file
 (``$KACHERY_CONFIG`` or ``~/.config/kachery/config.toml``), environment
-variables (``KACHERY_STORAGE_DIR``, ``KACHERY_REMOTE``, ``KACHERY_TOKEN``), then
+variables (``KACHERY_STORAGE_DIR``, ``KACHERY_REMOTE``, ``KACHERY_TOKEN``,
+``KACHERY_CACHE_MAX``), then
 explicit per-call arguments.
 
 Example config file::
@@ -69,9 +70,13 @@ def load_config(path=None, environ=None):
     return Config(
         storage_dir=os.path.expanduser(storage_dir) if storage_dir else default_storage_dir(),
         remotes=remotes,
-        cache_max=parse_size(settings["cache_max"]) if "cache_max" in settings else None,
+        cache_max=_optional_size(environ.get("KACHERY_CACHE_MAX") or settings.get("cache_max")),
         remote_timeout=float(settings.get("remote_timeout", 10.0)),
     )
+
+
+def _optional_size(value):
+    return None if value in (None, "") else parse_size(value)
 
 
 def _read_file(path):
