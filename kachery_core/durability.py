@@ -5,7 +5,9 @@ one flush of the file system's data, then renamed to their object names, then
 the directory entries are made durable with a second flush. That is two
 ``syncfs(2)`` calls per command, however many objects it wrote, instead of an
 fsync per file, and it keeps the rule that an object name never points at bytes
-that might not be on disk.
+that might not be on disk. (A command that wrote only a handful of files
+fsyncs them one by one instead: as cheap, and it does not wait for unrelated
+dirty data of other processes on the same file system.)
 """
 
 import ctypes
@@ -22,6 +24,28 @@ def _load_libc():
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     return _libc
+
+
+#: Up to this many files are flushed one by one; more take one syncfs(2).
+FEW_FILES = 8
+
+
+def flush_paths(paths, root):
+    """Make ``paths`` (files or directories under ``root``) durable.
+
+    A handful are flushed one by one with fsync, which waits for exactly their
+    data; a larger batch takes one syncfs of the whole file system, which
+    costs the same however many files the command wrote.
+    """
+    if len(paths) > FEW_FILES:
+        flush_filesystem(root)
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def flush_filesystem(path):

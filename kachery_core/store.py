@@ -11,7 +11,7 @@ import os
 import time
 import uuid
 
-from .durability import flush_filesystem
+from .durability import flush_paths
 from .errors import ObjectNotFound
 from .hashing import validate_hash
 
@@ -136,11 +136,10 @@ class WriteBatch:
     def commit(self):
         if not self._pending:
             return
-        flush_filesystem(self.store.root)
         pending, self._pending = self._pending, []
-        for temp_path, algorithm, digest in pending:
-            self.store.publish(temp_path, algorithm, digest)
-        flush_filesystem(self.store.root)
+        flush_paths([temp for temp, _, _ in pending], self.store.root)
+        finals = [self.store.publish(temp, algorithm, digest) for temp, algorithm, digest in pending]
+        flush_paths(sorted({os.path.dirname(final) for final in finals}), self.store.root)
 
     def discard(self):
         for temp_path, _, _ in self._pending:
