@@ -1,0 +1,153 @@
+"""Storing files and snapshots: single pass over the data, chunking, snapshots."""
+
+import hashlib
+import io
+import logging
+import os
+
+import pytest
+
+from kachery_core import ingest
+from kachery_core.manifest import dir_manifest_bytes, parse_file_manifest
+from kachery_core.store import LocalStore, WriteBatch
+
+from tree_helpers import tree_to_manifest_json, write_tree
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LocalStore(tmp_path / "store")
+
+
+class CountingFile(io.FileIO):
+    """A FileIO that records every byte read through it."""
+
+    opened = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bytes_read = 0
+        CountingFile.opened.append(self)
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.bytes_read += len(data or b"")
+        return data
+
+    def readall(self):
+        data = super().readall()
+        self.bytes_read += len(data)
+        return data
+
+    def readinto(self, buffer):
+        count = super().readinto(buffer)
+        self.bytes_read += count or 0
+        return count
+
+
+@pytest.fixture
+def counting_open(monkeypatch):
+    CountingFile.opened = []
+
+    def fake_open(path, mode="r", buffering=-1, **kwargs):
+        assert "b" in mode and buffering == 0, "ingest reads unbuffered binary files"
+        return CountingFile(path, mode.replace("b", ""))
+
+    monkeypatch.setattr(ingest, "open", fake_open, raising=False)
+    return CountingFile.opened
+
+
+@pytest.mark.parametrize("size", [0, 1000, ingest.SMALL_FILE + 1, 2 * ingest.CHUNK_SIZE + 5])
+def test_single_pass_over_the_data(store, tmp_path, counting_open, size):
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    with WriteBatch(store) as batch:
+        stored = ingest.store_path(batch, path)
+    assert len(counting_open) == 1, "the source was opened more than once"
+    assert counting_open[0].bytes_read == size, "the source was read more than once"
+    assert stored.digest == hashlib.sha1(data).hexdigest()
+    assert store.read_bytes("sha1", stored.digest) == data
+
+
+def test_chunk_size_is_a_power_of_two_between_1_and_16_mib():
+    assert ingest.CHUNK_SIZE & (ingest.CHUNK_SIZE - 1) == 0
+    assert 1 << 20 <= ingest.CHUNK_SIZE <= 16 << 20
+
+
+@pytest.mark.parametrize("extra", [0, 1, ingest.CHUNK_SIZE - 1])
+def test_chunks_of_a_large_file(store, tmp_path, extra):
+    size = 2 * ingest.CHUNK_SIZE + extra
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    with WriteBatch(store) as batch:
+        stored = ingest.store_path(batch, path)
+    manifest = parse_file_manifest(store.read_bytes("sha1", stored.manifest))
+    expected_bounds = [(s, min(s + ingest.CHUNK_SIZE, size)) for s in range(0, size, ingest.CHUNK_SIZE)]
+    assert [(c.start, c.end) for c in manifest.chunks] == expected_bounds
+    for chunk in manifest.chunks:
+        assert chunk.sha1 == hashlib.sha1(data[chunk.start:chunk.end]).hexdigest()
+    assert stored.url("f") == f"sha1://{stored.digest}/f?manifest={stored.manifest}"
+
+
+def test_progress_reports_bytes(store, tmp_path):
+    write_tree(tmp_path / "src", {"a": b"12345", "d": {"b": b"123"}})
+    seen = []
+    with WriteBatch(store) as batch:
+        ingest.snapshot_dir(batch, tmp_path / "src", progress=seen.append)
+    assert sorted(seen) == [3, 5]
+
+
+def test_snapshot_matches_independent_manifest(store, tmp_path):
+    spec = {"x": b"1", "é": {"ü": b"22", "empty": {}}, "z": b""}
+    write_tree(tmp_path / "src", spec)
+    with WriteBatch(store) as batch:
+        tree = ingest.snapshot_dir(batch, tmp_path / "src")
+        digest = ingest.store_manifest(batch, tree)
+    assert dir_manifest_bytes(tree) == tree_to_manifest_json(spec).encode()
+    assert store.read_bytes("sha1", digest) == tree_to_manifest_json(spec).encode()
+
+
+def test_special_files_skipped_with_warning(store, tmp_path, caplog):
+    src = tmp_path / "src"
+    write_tree(src, {"ok": b"ok"})
+    os.mkfifo(src / "fifo")
+    os.symlink(tmp_path / "nowhere", src / "dangling")
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock_path = src / "sock"
+    try:
+        sock.bind(str(sock_path))
+        with caplog.at_level(logging.WARNING, logger="kachery"):
+            with WriteBatch(store) as batch:
+                tree = ingest.snapshot_dir(batch, src)
+    finally:
+        sock.close()
+    assert list(tree.files) == ["ok"] and tree.dirs == {}
+    warned = " ".join(record.getMessage() for record in caplog.records)
+    for name in ("fifo", "sock", "dangling"):
+        assert name in warned
+
+
+def test_symlink_cycle_is_an_error_not_a_hang(store, tmp_path):
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    os.symlink(src, src / "a" / "b" / "back-to-top")
+    with pytest.raises(OSError):
+        with WriteBatch(store) as batch:
+            ingest.snapshot_dir(batch, src)
+
+
+def test_symlink_to_same_dir_twice_is_not_a_cycle(store, tmp_path):
+    shared = tmp_path / "shared"
+    write_tree(shared, {"f": b"shared"})
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink(shared, src / "one")
+    os.symlink(shared, src / "two")
+    with WriteBatch(store) as batch:
+        tree = ingest.snapshot_dir(batch, src)
+    assert sorted(tree.dirs) == ["one", "two"]
+    assert tree.dirs["one"].files["f"] == tree.dirs["two"].files["f"]
