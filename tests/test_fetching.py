@@ -114,4 +114,12 @@ def test_quota_holds_while_reading_three_times_its_size(tmp_path):
 
 
 def _bytes_on_disk(root):
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
+    """Bytes of every file under root (read-ahead may rename temps meanwhile)."""
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+    return total
