@@ -13,7 +13,7 @@ import uuid
 
 from .durability import flush_paths
 from .errors import ObjectNotFound
-from .hashing import validate_hash
+from .hashing import is_valid_hash, validate_hash
 
 TEMP_DIR = "tmp"
 
@@ -96,13 +96,19 @@ class LocalStore:
         return removed
 
     def iter_objects(self, algorithm):
-        """Yield (digest, path) of every object stored under ``algorithm``."""
+        """Yield (digest, path) of every object stored under ``algorithm``.
+
+        Only files named by a valid hash count: kachery 0.x kept bookkeeping
+        files beside its objects (``<h>.hints.json``, ``<h>.record.json``,
+        ``*.lock``, leftover ``<h>.copying.XXXXXX``), which are not objects.
+        """
         base = os.path.join(self.root, algorithm)
         for level1 in _scandir_or_empty(base):
             for level2 in _scandir_or_empty(level1.path):
                 for level3 in _scandir_or_empty(level2.path):
                     for entry in _scandir_or_empty(level3.path):
-                        yield entry.name, entry.path
+                        if is_valid_hash(algorithm, entry.name) and entry.is_file():
+                            yield entry.name, entry.path
 
 
 class WriteBatch:
