@@ -239,3 +239,22 @@ def test_manifest_only_for_files_larger_than_one_chunk(store, tmp_path, size, ha
     with WriteBatch(store) as batch:
         md5 = ingest.store_path(batch, path, "md5")
     assert md5.manifest is None and md5.digest == hashlib.md5(b"\x01" * size).hexdigest()
+
+
+def test_0_6_bookkeeping_files_are_not_objects(store):
+    """kachery 0.x kept <h>.hints.json, <h>.record.json, *.lock and leftover
+    <h>.copying.XXXXXX / <h>.downloading.XXXXXX files beside the objects."""
+    digest = put_object(store.root, b"an object")
+    directory = os.path.dirname(object_path(store.root, "sha1", digest))
+    for suffix in (".hints.json", ".record.json", ".record.json.lock", ".copying.aB3xYz",
+                   ".downloading.q1w2e3"):
+        with open(os.path.join(directory, digest + suffix), "w") as file:
+            file.write('{"files": []}')
+    os.makedirs(os.path.join(directory, "not-an-object-dir"))
+    md5 = put_object(store.root, b"md5 object", "md5")
+    with open(object_path(store.root, "md5", md5) + ".hints.json", "w") as file:
+        file.write("{}")
+    assert sorted(store.iter_objects("sha1")) == [(digest, object_path(store.root, "sha1", digest))]
+    report = verify_store(store, quarantine=True)
+    assert report.checked == 2 and report.corrupt == [] and report.quarantined == []
+    assert os.path.exists(os.path.join(directory, digest + ".hints.json"))
