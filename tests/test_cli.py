@@ -517,3 +517,41 @@ def test_malicious_manifest_other_commands(run_cli, storage_dir, command):
         digest = put_object(storage_dir, json.dumps(document).encode())
         url = f"sha1dir://{digest}.evil" + ("/f" if command == "kachery-cat" else "")
         assert_clean_error(run_cli(command, url), 3, digest)
+
+
+def test_existing_0_6_store_via_commands(run_cli, storage_dir, tmp_path):
+    """A storage directory as kachery 0.6.x left it: objects, bookkeeping files and a
+    manifest in os.listdir order with md5-only (git-annex) entries."""
+    a = put_object(storage_dir, b"alpha\n")
+    b = put_object(storage_dir, b"beta (md5)\n", "md5")
+    with open(object_path(storage_dir, "sha1", a) + ".record.json", "w") as file:
+        file.write('{"stat": {}, "sha1": "%s"}' % a)
+    manifest = json.dumps({"files": {"z.txt": {"size": 6, "sha1": a}},
+                           "dirs": {"sub": {"files": {"b.txt": {"size": 11, "md5": b}}, "dirs": {}}}})
+    digest = put_object(storage_dir, manifest.encode())
+    url = f"sha1dir://{digest}.old"
+    assert stdout_lines(run_cli("kachery-ls", "-l", url + "/sub", check=True))[0].split() == ["11", "b.txt"]
+    assert run_cli("kachery-cat", url + "/sub/b.txt", check=True).stdout == b"beta (md5)\n"
+    dest = tmp_path / "out"
+    run_cli("kachery-load", url, "--dest", dest, check=True)
+    assert read_tree(dest) == {"z.txt": b"alpha\n", "sub": {"b.txt": b"beta (md5)\n"}}
+    result = run_cli("kachery-verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_load_with_missing_object_leaves_nothing(run_cli, storage_dir, tmp_path):
+    present = put_object(storage_dir, b"present")
+    manifest = json.dumps({"files": {"a": {"size": 7, "sha1": present},
+                                     "b": {"size": 3, "sha1": MISSING}}, "dirs": {}})
+    digest = put_object(storage_dir, manifest.encode())
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_cli("kachery-load", f"sha1dir://{digest}", "--dest", work / "dest")
+    assert_clean_error(result, 1, MISSING)
+    assert os.listdir(work) == []
+
+
+def test_load_dest_in_new_parent_directory(run_cli, stored_sample, tmp_path):
+    dest = tmp_path / "new" / "parent" / "dest"
+    run_cli("kachery-load", f"{stored_sample}/nested", "--dest", dest, check=True)
+    assert read_tree(dest) == SAMPLE["nested"]
