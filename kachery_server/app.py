@@ -21,10 +21,50 @@ MAX_JSON_BODY = 64 * 1024 * 1024
 log = logging.getLogger("kachery.server")
 
 
+class InFlight:
+    """Counts running requests, so shutdown can wait for them to finish.
+
+    aiohttp's own graceful shutdown first marks every connection closing, and
+    a closing connection drops the bytes that still arrive: an upload in
+    progress could then never complete. So the server stops listening, waits
+    here for the running requests (uploads keep receiving), and only then
+    lets aiohttp close the connections.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(self, request, handler):
+        self.count += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._idle.set()
+
+    async def wait_idle(self, timeout):
+        """True when no request is running, False if ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+
+
 def make_app(store, access, max_upload):
     """The aiohttp Application serving ``store`` (a kachery_core LocalStore)."""
-    app = web.Application(client_max_size=MAX_JSON_BODY)
+    in_flight = InFlight()
+    app = web.Application(client_max_size=MAX_JSON_BODY, middlewares=[in_flight.middleware])
     app.add_routes(ObjectService(store, access, max_upload).routes())
+    app[IN_FLIGHT] = in_flight
     return app
 
 
@@ -50,14 +90,16 @@ def configure_logging():
         logger.propagate = False
 
 
-def run(app, host, port, ssl_context=None, banner=""):
-    """Serve until SIGTERM/SIGINT, then let in-flight requests finish."""
-    asyncio.run(_serve(app, host, port, ssl_context, banner))
+def run(app, host, port, ssl_context=None, banner="", grace=None):
+    """Serve until SIGTERM/SIGINT, then give in-flight requests ``grace`` seconds."""
+    grace = SHUTDOWN_GRACE if grace is None else grace
+    asyncio.run(_serve(app, host, port, ssl_context, banner, grace))
 
 
-async def _serve(app, host, port, ssl_context, banner):
+async def _serve(app, host, port, ssl_context, banner, grace):
+    # aiohttp's own shutdown wait is only for what is left after ours: see InFlight.
     runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT,
-                           shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
+                           shutdown_timeout=1.0, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=512)
@@ -66,7 +108,11 @@ async def _serve(app, host, port, ssl_context, banner):
         for address in runner.addresses:
             log.info("kachery-server: %s on %s://%s:%d", banner, scheme, *address[:2])
         await _until_signalled()
-        log.info("kachery-server: shutting down")
+        await site.stop()  # no new connections
+        running = app[IN_FLIGHT].count
+        log.info("kachery-server: shutting down (%d requests running)", running)
+        if not await app[IN_FLIGHT].wait_idle(grace):
+            log.info("kachery-server: grace period over, cancelling the rest")
     finally:
         await runner.cleanup()
 

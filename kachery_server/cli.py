@@ -27,6 +27,8 @@ _config_option = click.option(
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key.")
 @click.option("--max-upload", help="Largest accepted upload, e.g. 100G.")
 @click.option("--private", is_flag=True, default=None, help="Reads need a token too.")
+@click.option("--shutdown-grace", type=float, default=None, metavar="SECONDS",
+              help="After SIGTERM, how long in-flight requests may finish (default 30).")
 @click.pass_context
 def server_main(ctx, **options):
     """Serve a kachery storage directory over HTTP."""
@@ -34,7 +36,7 @@ def server_main(ctx, **options):
         run_reporting_errors(_serve, **options)
 
 
-def _serve(storage, host, port, config_path, tls_cert, tls_key, max_upload, private):
+def _serve(storage, host, port, config_path, tls_cert, tls_key, max_upload, private, shutdown_grace):
     from kachery_core.store import LocalStore
 
     from .app import configure_logging, make_app, run, tls_context
@@ -51,7 +53,7 @@ def _serve(storage, host, port, config_path, tls_cert, tls_key, max_upload, priv
     reads = "reads need a token" if private else "public reads"
     banner = f"serving {store.root} ({reads}, {len(settings.tokens)} tokens)"
     run(make_app(store, rules, limit), host or settings.host,
-        settings.port if port is None else port, context, banner)
+        settings.port if port is None else port, context, banner, shutdown_grace)
 
 
 @server_main.group()

@@ -98,8 +98,9 @@ class ObjectService:
         if length is None or hdrs.TRANSFER_ENCODING in request.headers:
             raise _error(web.HTTPLengthRequired, "Content-Length is required")
         if length > self.max_upload:
-            raise _error(web.HTTPRequestEntityTooLarge,
-                         f"{length} bytes is over the upload limit of {self.max_upload}")
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=self.max_upload, actual_size=length,
+                text=f"{length} bytes is over the upload limit of {self.max_upload}\n")
         return length
 
     async def put_object(self, request):

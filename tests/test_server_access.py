@@ -1,0 +1,65 @@
+"""Tokens and the server config file (pure, no server process)."""
+
+import os
+import stat
+
+import pytest
+
+from kachery_core.errors import ConfigError
+from kachery_server.access import Access, add_token, load_settings, token_digest
+
+
+def test_tokens_are_stored_hashed_and_permissions_apply(tmp_path):
+    config = str(tmp_path / "server.toml")
+    writer = add_token(config, "alice", write=True)
+    reader = add_token(config, "bob")
+    text = open(config).read()
+    assert writer not in text and reader not in text
+    assert token_digest(writer) in text
+    assert stat.S_IMODE(os.stat(config).st_mode) == 0o600
+    settings = load_settings(config)
+    access = Access(settings.tokens)
+    assert access.check(None, write=False) is None                    # public reads
+    assert access.check(f"Bearer {writer}", write=True) is None
+    assert access.check(None, write=True)[0] == 401
+    assert access.check("Bearer wrong", write=True)[0] == 401
+    assert access.check(f"Basic {writer}", write=True)[0] == 401
+    assert access.check(f"Bearer {reader}", write=True)[0] == 403
+
+
+def test_private_server_needs_a_token_for_reads(tmp_path):
+    config = str(tmp_path / "server.toml")
+    reader = add_token(config, "bob")
+    access = Access(load_settings(config).tokens, private=True)
+    assert access.check(None, write=False)[0] == 401
+    assert access.check(f"Bearer {reader}", write=False) is None
+
+
+def test_duplicate_and_bad_names_are_refused(tmp_path):
+    config = str(tmp_path / "server.toml")
+    add_token(config, "alice")
+    with pytest.raises(ConfigError, match="already exists"):
+        add_token(config, "alice")
+    with pytest.raises(ConfigError):
+        add_token(config, "two\nlines")
+
+
+def test_names_with_quotes_survive_the_round_trip(tmp_path):
+    config = str(tmp_path / "server.toml")
+    add_token(config, 'say "hi" \\ é')
+    assert load_settings(config).tokens[0].name == 'say "hi" \\ é'
+
+
+def test_settings_from_file(tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text('storage_dir = "/x"\nport = 9000\nprivate = true\nmax_upload = "1M"\n')
+    settings = load_settings(str(config))
+    assert (settings.storage_dir, settings.port, settings.private, settings.max_upload) == \
+        ("/x", 9000, True, 1 << 20)
+
+
+def test_broken_config_is_a_config_error(tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text("port = [")
+    with pytest.raises(ConfigError, match="server config"):
+        load_settings(str(config))
