@@ -117,7 +117,7 @@ class Fetcher:
 
     def _chunk_future(self, target, manifest, index):
         chunk = manifest.chunks[index]
-        if self.cache.has("sha1", chunk.sha1):
+        if self._have_chunk(target, chunk):
             self.stats.add("cache_hits")
             self.cache.touch("sha1", chunk.sha1)
             done = Future()
@@ -127,8 +127,13 @@ class Fetcher:
         return self._shared(("chunk", chunk.sha1),
                             lambda: self._fetch_and_keep(target, manifest, index))
 
+    def _have_chunk(self, target, chunk):
+        return self.cache.has("sha1", chunk.sha1) or self.cache.has(target.algorithm, target.digest)
+
     def _fetch_and_keep(self, target, manifest, index):
         chunk = manifest.chunks[index]
+        if self._have_chunk(target, chunk):  # a fetch that just finished got it
+            return
         try:
             data = self._fetch_chunk(target, chunk)
         except HashMismatch:
