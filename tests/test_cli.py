@@ -352,8 +352,8 @@ def test_cat_whole_and_ranges(run_cli, storage_dir, tmp_path):
     (url,) = stdout_lines(run_cli("kachery-store", path, check=True))
     assert run_cli("kachery-cat", url, check=True).stdout == data
     size = len(data)
-    for start, end in [(0, 1), (5, 100), (0, size), (100, size + 1000), (size - 1, None),
-                       (7, 7), (0, 0), (size, size + 5), (size + 10, None), (size + 10, size + 20)]:
+    for start, end in [(5, 100), (100, size + 1000), (size - 1, None), (7, 7), (0, 0),
+                       (size, size + 5), (size + 10, None)]:
         args = ["--start", start] + ([] if end is None else ["--end", end])
         got = run_cli("kachery-cat", url, *args, check=True).stdout
         assert got == data[start:end], (start, end)

@@ -4,7 +4,7 @@ import hashlib
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kachery_core.errors import InvalidManifest
@@ -138,6 +138,7 @@ def _reference_bytes(entry):
     return dir_json(entry).encode("ascii")
 
 
+@settings(max_examples=60)  # trees are costly to generate; keep the suite fast
 @given(_dir_strategy())
 def test_parse_of_canonical_is_identity(tree):
     data = dir_manifest_bytes(tree)
@@ -145,6 +146,7 @@ def test_parse_of_canonical_is_identity(tree):
     assert dir_manifest_bytes(parse_dir_manifest(data)) == data
 
 
+@settings(max_examples=60)
 @given(_dir_strategy())
 def test_canonical_bytes_independent_of_insertion_order(tree):
     data = dir_manifest_bytes(tree)
