@@ -134,23 +134,20 @@ class Kachery:
 
     def dir_manifest(self, digest):
         """The parsed directory manifest with sha1 ``digest`` (cached)."""
-        cached = self._dir_manifests.get(digest)
-        if cached is None:
-            data = self.read_manifest_object(digest)
-            cached = parse_dir_manifest(data, f"sha1dir://{digest}")
-            with self._lock:
-                self._dir_manifests[digest] = cached
-        return cached
+        return self._parsed(self._dir_manifests, digest, parse_dir_manifest, "sha1dir")
 
     def file_manifest(self, digest):
         """The parsed file manifest with sha1 ``digest`` (cached)."""
-        cached = self._file_manifests.get(digest)
-        if cached is None:
-            data = self.read_manifest_object(digest)
-            cached = parse_file_manifest(data, f"sha1://{digest}")
+        return self._parsed(self._file_manifests, digest, parse_file_manifest, "sha1")
+
+    def _parsed(self, cache, digest, parse, scheme):
+        """Parse a manifest object once; later calls get the cached result."""
+        parsed = cache.get(digest)
+        if parsed is None:
+            parsed = parse(self.read_manifest_object(digest), f"{scheme}://{digest}")
             with self._lock:
-                self._file_manifests[digest] = cached
-        return cached
+                cache[digest] = parsed
+        return parsed
 
     # ------------------------------------------------------------ objects
 
