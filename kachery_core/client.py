@@ -142,7 +142,8 @@ class Kachery:
 
     def _parsed(self, cache, digest, parse, scheme):
         """Parse a manifest object once; later calls get the cached result."""
-        parsed = cache.get(digest)
+        with self._lock:  # an LRU lookup reorders the cache: not thread safe alone
+            parsed = cache.get(digest)
         if parsed is None:
             parsed = parse(self.read_manifest_object(digest), f"{scheme}://{digest}")
             with self._lock:
