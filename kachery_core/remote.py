@@ -8,8 +8,9 @@ remote makes it try the next one.
 
 Every byte that enters the local store from a remote is verified first:
 whole objects stream to a temp file while being hashed and are renamed into
-place only when the digest matches; chunks of a large file are checked against
-their sha1 from a trusted file manifest before any of their bytes is returned.
+place only when the digest matches; a chunk of a large file (fetched with a
+Range request) is checked against its sha1 from a trusted file manifest before
+it is returned.
 
 Reliability: one ``requests.Session`` per thread (connection reuse, thread
 safe), connect/read timeouts from the config, retries with exponential backoff
@@ -29,7 +30,6 @@ from .durability import start_writeback
 from .errors import (
     AccessDenied,
     HashMismatch,
-    InvalidManifest,
     ObjectNotFound,
     RemoteRejected,
     RemoteUnavailable,
@@ -44,6 +44,8 @@ SEND_BLOCK = 1024 * 1024
 WRITEBACK_STEP = 64 * 1024 * 1024
 #: Hashes per POST /api/has request.
 HAS_BATCH = 20000
+#: Transient server-side failures: retried with backoff, then the next remote.
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
 #: Statuses with which a static server says "no such API" (SPEC §5).
 NO_API_STATUSES = (404, 405, 501)
 
@@ -58,10 +60,6 @@ def object_path(algorithm, digest):
 
 class _TransferFailed(Exception):
     """The connection broke while a body was being received."""
-
-
-class _RangesIgnored(Exception):
-    """The remote answered a Range request with the whole object (200)."""
 
 
 class RemoteSet:
@@ -117,11 +115,11 @@ class RemoteSet:
                 self._down_until[remote.url] = time.monotonic() + self.down_for
 
     def _send(self, remote, method, path, body=None, headers=None, **options):
-        """One request with retries; returns the Response (any status < 500).
+        """One request with retries; returns the Response (any status but RETRY_STATUSES).
 
         ``body`` is a callable giving a fresh request body per attempt.
         Raises RemoteUnavailable when every attempt failed to connect, timed
-        out or got a 5xx answer.
+        out or got a transient 5xx answer (500, 502, 503, 504).
         """
         headers = dict(headers or {})
         if remote.token:
@@ -141,7 +139,7 @@ class RemoteSet:
                 continue
             finally:
                 getattr(data, "close", lambda: None)()
-            if response.status_code < 500:
+            if response.status_code not in RETRY_STATUSES:
                 self._mark(remote, True)
                 return response
             reason = f"HTTP {response.status_code}"
@@ -214,49 +212,41 @@ class RemoteSet:
         _fsync_parents(final, store.root)
         return final
 
-    def iter_range(self, target, start, end, kachery):
-        """Yield bytes [start, end) of a remote FileTarget with a trusted manifest.
+    def fetch_chunk(self, target, chunk):
+        """Bytes of one chunk (manifest.Chunk) of a remote FileTarget, verified.
 
-        Fetches only the chunks that touch the range, each verified against
-        its sha1 before any of its bytes is yielded. A remote that ignores
-        Range requests makes it fall back to a whole, verified download.
+        The chunk's sha1 comes from a trusted file manifest (SPEC §4); bytes
+        that do not match it are never returned. Raises like :meth:`download`.
         """
-        manifest = kachery.file_manifest(target.manifest)
-        if manifest.size != target.size or (target.algorithm == "sha1" and manifest.sha1 != target.digest):
-            raise InvalidManifest(f"sha1://{target.manifest}", f"does not describe {target.digest}")
-        first, last = manifest.chunk_range(start, end)
-        position = start
-        for chunk in manifest.chunks[first:last]:
-            try:
-                data = self._fetch_chunk(target, chunk)
-            except _RangesIgnored:
-                yield from _read_file(kachery.local_path(target.algorithm, target.digest), position, end)
-                return
-            piece = data[max(position - chunk.start, 0): min(end, chunk.end) - chunk.start]
-            position += len(piece)
-            yield piece
-
-    def _fetch_chunk(self, target, chunk):
         what = f"{target.algorithm}://{target.digest} bytes {chunk.start}-{chunk.end - 1}"
         outcome = _Outcome(what)
-        headers = {"Range": f"bytes={chunk.start}-{chunk.end - 1}"}
         for remote in self._live():
             try:
-                response = self._send(remote, "GET", object_path(target.algorithm, target.digest),
-                                      headers=headers)
+                return self._chunk_from(remote, target, chunk, what)
+            except (ObjectNotFound, HashMismatch, AccessDenied, RemoteRejected) as error:
+                outcome.note(error)
             except RemoteUnavailable as error:
                 outcome.unavailable.append(error)
-                continue
-            if response.status_code == 200:
-                raise _RangesIgnored()
-            if response.status_code != 206:
-                outcome.note(_status_error(remote, response, what))
-                continue
-            got = digest_bytes("sha1", response.content)
-            if got == chunk.sha1:
-                return response.content
-            outcome.note(HashMismatch(chunk.sha1, got, f"chunk from {remote.url}"))
         raise outcome.failure(self.remotes)
+
+    def _chunk_from(self, remote, target, chunk, what):
+        path = object_path(target.algorithm, target.digest)
+        response = self._send(remote, "GET", path, stream=True,
+                              headers={"Range": f"bytes={chunk.start}-{chunk.end - 1}"})
+        with response:
+            if response.status_code not in (200, 206):
+                raise _status_error(remote, response, what)
+            try:
+                if response.status_code == 200:  # Range ignored (python -m http.server)
+                    _skip(response.raw, chunk.start)
+                data = bytearray(chunk.end - chunk.start)
+                count = _receive_into(response.raw, data)
+            except _TransferFailed as error:
+                raise RemoteUnavailable(remote.url, f"transfer of {path} broke: {error}") from None
+        got = digest_bytes("sha1", memoryview(data)[:count])
+        if got != chunk.sha1:
+            raise HashMismatch(chunk.sha1, got, f"chunk of {path} from {remote.url}")
+        return bytes(data)
 
     # ------------------------------------------------------------ uploads
 
@@ -443,16 +433,14 @@ def _fsync_parents(final, root):
         directory = os.path.dirname(directory)
 
 
-def _read_file(path, start, end):
-    with open(path, "rb") as file:
-        file.seek(start)
-        remaining = end - start
-        while remaining > 0:
-            block = file.read(min(RECEIVE_BLOCK, remaining))
-            if not block:
-                return
-            remaining -= len(block)
-            yield block
+def _skip(raw, count):
+    """Read and drop ``count`` bytes of a body (a remote that ignores Range)."""
+    scratch = bytearray(min(RECEIVE_BLOCK, max(count, 1)))
+    while count > 0:
+        got = _receive_into(raw, memoryview(scratch)[:min(count, len(scratch))])
+        if not got:
+            raise _TransferFailed("body ended early")
+        count -= got
 
 
 class _FileBody:
