@@ -1,0 +1,217 @@
+"""End to end: `kachery-store --upload` on one storage directory, the other
+commands on another storage directory that reaches the objects only through
+a real kachery-server (or a static http.server) on 127.0.0.1."""
+
+import hashlib
+import os
+import re
+
+import pytest
+
+from server_helpers import object_rel, servers, sha1, stored_objects  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.server
+
+LARGE = 50 * 1000 * 1000  # several 4 MiB chunks: gets a file manifest
+
+
+def pseudo_random(size, seed=1):
+    """Deterministic incompressible-looking bytes, fast to make."""
+    block = hashlib.sha512(str(seed).encode()).digest() * 2048  # 128 KiB
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(counter.to_bytes(8, "little") + block[:64]).digest() + block
+        counter += 1
+    return bytes(out[:size])
+
+
+@pytest.fixture
+def env(tmp_path):
+    """Two machines' environments: A uploads, B downloads (each its own storage)."""
+
+    def machine(name, remote, token=None):
+        values = {"KACHERY_STORAGE_DIR": str(tmp_path / name),
+                  "KACHERY_CONFIG": str(tmp_path / "no-config.toml"),
+                  "KACHERY_REMOTE": remote, "KACHERY_TOKEN": token or ""}
+        return values
+
+    return machine
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode().strip()
+
+
+def assert_one_line_error(result, code, *words):
+    stderr = result.stderr.decode()
+    assert result.returncode == code, stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    for word in words:
+        assert word in stderr, stderr
+
+
+def put_count(server):
+    return len(re.findall(r'"PUT /', server.log()))
+
+
+def test_files_round_trip_through_the_server(servers, env, run_cli, tmp_path):
+    server = servers.kachery()
+    a = env("A", server.url, server.write_token)
+    b = env("B", server.url)
+    contents = {"small.txt": b"hello kachery\n", "empty": b"", "large.bin": pseudo_random(LARGE)}
+    for name, data in contents.items():
+        (tmp_path / name).write_bytes(data)
+    urls = ok(run_cli("kachery-store", "--upload", *(tmp_path / n for n in contents), env=a)).splitlines()
+    assert len(urls) == 3 and "?manifest=" in urls[2]
+    for url, (name, data) in zip(urls, contents.items()):
+        path = ok(run_cli("kachery-load", url, env=b))
+        with open(path, "rb") as file:
+            assert file.read() == data, name
+        result = run_cli("kachery-cat", url, env=b)
+        assert result.returncode == 0 and result.stdout == data, name
+    assert stored_objects(a["KACHERY_STORAGE_DIR"])  # --upload keeps the local copy
+
+
+def test_snapshot_resolves_from_the_server_alone(servers, env, run_cli, tmp_path):
+    server = servers.kachery()
+    source = tmp_path / "src"
+    (source / "sub" / "deeper").mkdir(parents=True)
+    (source / "a.txt").write_bytes(b"A")
+    (source / "sub" / "empty").write_bytes(b"")
+    (source / "sub" / "deeper" / "big.bin").write_bytes(pseudo_random(10 * 1000 * 1000, 2))
+    for i in range(30):
+        (source / "sub" / f"f{i:02}.txt").write_bytes(f"file {i}\n".encode())
+    a = env("A", server.url, server.write_token)
+    url = ok(run_cli("kachery-store", "--upload-only", source, env=a))
+    assert url.startswith("sha1dir://")
+    assert stored_objects(a["KACHERY_STORAGE_DIR"]) == []  # nothing kept locally
+    assert os.listdir(os.path.join(a["KACHERY_STORAGE_DIR"], "tmp")) == []
+    b = env("B", server.url)
+    listing = ok(run_cli("kachery-ls", url + "/sub", env=b)).split()
+    assert "empty" in listing and "deeper/" in listing
+    dest = tmp_path / "copy"
+    ok(run_cli("kachery-load", url, "--dest", dest, env=b))
+    for path in source.rglob("*"):
+        if path.is_file():
+            assert (dest / path.relative_to(source)).read_bytes() == path.read_bytes()
+
+
+def test_second_upload_sends_nothing(servers, env, run_cli, tmp_path):
+    server = servers.kachery()
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(20):
+        (source / f"f{i}").write_bytes(os.urandom(100))
+    a = env("A", server.url, server.write_token)
+    first = ok(run_cli("kachery-store", "--upload", source, env=a))
+    puts = put_count(server)
+    assert puts == 21  # 20 files + the manifest
+    (source / "new").write_bytes(b"one more")
+    second = ok(run_cli("kachery-store", "--upload", source, env=a))
+    assert second != first
+    assert put_count(server) == puts + 2  # only the new file and the new manifest
+    assert len(re.findall(r'"POST /api/has', server.log())) == 2  # one round trip each
+
+
+def test_range_reads_fetch_only_the_chunks_they_touch(servers, env, run_cli, tmp_path):
+    server = servers.kachery()
+    data = pseudo_random(LARGE, 3)
+    (tmp_path / "large.bin").write_bytes(data)
+    url = ok(run_cli("kachery-store", "--upload-only", tmp_path / "large.bin",
+                     env=env("A", server.url, server.write_token)))
+    b = env("B", server.url)
+    for start, end in [(0, 1), (10_000_000, 10_000_100), (LARGE - 5, LARGE)]:
+        result = run_cli("kachery-cat", url, "--start", start, "--end", end, env=b)
+        assert result.returncode == 0 and result.stdout == data[start:end]
+    digest = url.split("://")[1].split("/")[0]
+    whole_gets = [line for line in server.log().splitlines()
+                  if f"GET /{object_rel(digest)}" in line and '" 200 ' in line]
+    assert whole_gets == []  # only 206 chunk requests
+    assert not os.path.exists(os.path.join(b["KACHERY_STORAGE_DIR"], "cache", object_rel(digest)))
+
+
+def test_static_http_server_is_a_read_only_remote(servers, env, run_cli, tmp_path):
+    storage = tmp_path / "A"
+    (tmp_path / "f.bin").write_bytes(pseudo_random(9 * 1000 * 1000, 4))
+    url = ok(run_cli("kachery-store", tmp_path / "f.bin", env=env("A", "")))
+    static = servers.static(storage)
+    b = env("B", static.url)
+    path = ok(run_cli("kachery-load", url, env=b))
+    assert open(path, "rb").read() == (tmp_path / "f.bin").read_bytes()
+    result = run_cli("kachery-cat", url, "--start", 5_000_000, "--end", 5_000_010, env=env("C", static.url))
+    assert result.stdout == (tmp_path / "f.bin").read_bytes()[5_000_000:5_000_010]
+
+
+def test_first_remote_down_or_corrupt_second_serves(servers, env, run_cli, tmp_path):
+    server = servers.kachery()
+    data = pseudo_random(300_000, 5)
+    (tmp_path / "f.bin").write_bytes(data)
+    url = ok(run_cli("kachery-store", "--upload", tmp_path / "f.bin",
+                     env=env("A", server.url, server.write_token)))
+    digest = sha1(data)
+    bad = tmp_path / "bad-store" / object_rel(digest)
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(data[::-1])
+    static = servers.static(tmp_path / "bad-store")
+    from server_helpers import dead_url
+
+    b = env("B", f"{dead_url()} {static.url} {server.url}")
+    path = ok(run_cli("kachery-load", url, env=b))
+    assert open(path, "rb").read() == data
+    for rel in stored_objects(b["KACHERY_STORAGE_DIR"] + "/cache"):
+        with open(os.path.join(b["KACHERY_STORAGE_DIR"], "cache", rel), "rb") as file:
+            assert sha1(file.read()) == rel.rsplit("/", 1)[1]  # nothing corrupt cached
+
+
+def test_errors_are_one_line_with_their_own_exit_codes(servers, env, run_cli, tmp_path):
+    from server_helpers import dead_url
+
+    server = servers.kachery()
+    (tmp_path / "new.txt").write_bytes(os.urandom(64))
+    (tmp_path / "other.txt").write_bytes(os.urandom(64))
+    missing = "sha1://" + "1" * 40
+    assert_one_line_error(run_cli("kachery-load", missing, env=env("B", dead_url())), 4, "unavailable")
+    assert_one_line_error(run_cli("kachery-load", missing, env=env("B", server.url)), 1, "not found")
+    assert_one_line_error(run_cli("kachery-store", "--upload", tmp_path / "new.txt",
+                                  env=env("A", server.url)), 5, "401")
+    assert_one_line_error(run_cli("kachery-store", "--upload-only", tmp_path / "other.txt",
+                                  env=env("C", server.url, server.read_token)), 5, "403")
+    assert stored_objects(str(tmp_path / "C")) == []  # --upload-only failed: nothing kept
+    assert os.listdir(tmp_path / "C" / "tmp") == []
+
+
+def test_python_api_upload_and_per_call_remotes(servers, tmp_path, monkeypatch):
+    import kachery_core as kc
+
+    server = servers.kachery()
+    monkeypatch.setenv("KACHERY_CONFIG", str(tmp_path / "no-config.toml"))
+    monkeypatch.setenv("KACHERY_STORAGE_DIR", str(tmp_path / "A"))
+    monkeypatch.setenv("KACHERY_REMOTE", server.url)
+    monkeypatch.setenv("KACHERY_TOKEN", server.write_token)
+    url = kc.store_text("api text", upload_only=True)
+    monkeypatch.setenv("KACHERY_STORAGE_DIR", str(tmp_path / "B"))
+    monkeypatch.delenv("KACHERY_REMOTE")
+    assert kc.load_text(url, remotes=[server.url]) == "api text"
+    with pytest.raises(FileNotFoundError):
+        kc.load_text(url, storage_dir=str(tmp_path / "C"), remotes=[])
+
+
+@pytest.mark.slow
+def test_300_mb_file_round_trip(servers, env, run_cli, tmp_path):
+    server = servers.kachery()
+    size = 300 * 1000 * 1000
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as file:
+        for seed in range(size // LARGE):
+            file.write(pseudo_random(LARGE, 100 + seed))
+    url = ok(run_cli("kachery-store", "--upload-only", big, env=env("A", server.url, server.write_token)))
+    path = ok(run_cli("kachery-load", url, env=env("B", server.url)))
+    assert os.path.getsize(path) == size
+    with open(path, "rb") as got, open(big, "rb") as want:
+        while True:
+            block = want.read(1 << 24)
+            assert got.read(1 << 24) == block
+            if not block:
+                break
