@@ -134,8 +134,9 @@ class KacheryOperations(mfusepy.Operations):
     flag_nopath = True
     flag_nullpath_ok = True
 
-    def __init__(self, resolver, listing_entries=LISTING_CACHE_ENTRIES):
+    def __init__(self, resolver, listing_entries=LISTING_CACHE_ENTRIES, on_ready=None):
         self.resolver = resolver
+        self.on_ready = on_ready
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._dirs = {}
@@ -149,6 +150,8 @@ class KacheryOperations(mfusepy.Operations):
         if conn is not None:
             conn.max_readahead = MAX_READAHEAD
             conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
+        if self.on_ready:
+            self.on_ready()
 
     def destroy(self, path):
         self.resolver.close_all()
@@ -310,12 +313,14 @@ def mount_options(allow_other=False, debug=False):
     return options
 
 
-def run_fuse(resolver, mountpoint, allow_other=False, debug=False):
+def run_fuse(resolver, mountpoint, allow_other=False, debug=False, on_ready=None):
     """Mount and serve until unmounted or signalled (SIGINT/SIGTERM/SIGHUP).
 
-    libfuse installs the signal handlers and unmounts before returning.
+    ``on_ready()`` is called once the kernel has connected (it must not touch
+    the mount itself: the kernel waits for it to return). libfuse installs the
+    signal handlers and unmounts before returning.
     """
-    operations = KacheryOperations(resolver)
+    operations = KacheryOperations(resolver, on_ready=on_ready)
     KacheryFUSE(
         operations,
         mountpoint,

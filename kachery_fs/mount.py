@@ -38,7 +38,7 @@ class MountError(KacheryError, OSError):
 def is_stale(mountpoint):
     """True when ``mountpoint`` is a dead FUSE mount (its daemon is gone)."""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)  # always asks the daemon (stat may come from the kernel's cache)
     except OSError as error:
         return error.errno == errno.ENOTCONN
     return False
@@ -100,25 +100,42 @@ def serve(kachery, mountpoint, allow_other=False, debug=False):
     # Absolute: libfuse changes the working directory to / once mounted.
     mountpoint = os.path.abspath(mountpoint)
     prepare_mountpoint(mountpoint)
-    mounted = threading.Event()
-    watcher = threading.Thread(target=_after_mount, args=(mountpoint, mounted), daemon=True)
-    watcher.start()
+    ready = threading.Event()
+
+    def on_ready():  # called by the daemon once the kernel has connected
+        ready.set()
+        threading.Thread(target=_after_mount, args=(mountpoint,), daemon=True).start()
+
     try:
-        run_fuse(Resolver(kachery), mountpoint, allow_other=allow_other, debug=debug)
+        run_fuse(Resolver(kachery), mountpoint, allow_other=allow_other, debug=debug,
+                 on_ready=on_ready)
     except RuntimeError as error:
         # libfuse reports a signal-ended loop as an error status too; only a
         # mount that never came up is a failure.
-        if not mounted.is_set():
+        if not ready.is_set():
             raise MountError(errno.EIO, f"could not mount {mountpoint} ({error})") from None
+    _ensure_unmounted(mountpoint)
     log.info("unmounted %s", mountpoint)
 
 
-def _after_mount(mountpoint, mounted, timeout=READY_TIMEOUT):
-    """Wait for the mount to appear, then raise its readahead."""
+def _ensure_unmounted(mountpoint, grace=2.0):
+    """Return only once the mount is gone, so a caller waiting on our exit sees no mount.
+
+    The auto_unmount helper may still be detaching it for a moment.
+    """
+    deadline = time.monotonic() + grace
+    while is_mounted(mountpoint):
+        if time.monotonic() > deadline:
+            unmount(mountpoint, lazy=True)
+            return
+        time.sleep(0.01)
+
+
+def _after_mount(mountpoint, timeout=READY_TIMEOUT):
+    """Wait for the mount to appear in the mount table, then raise its readahead."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if is_mounted(mountpoint):
-            mounted.set()
             raise_read_ahead(mountpoint)
             return
         time.sleep(0.005)
