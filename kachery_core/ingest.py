@@ -10,7 +10,7 @@ import collections
 import logging
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from .durability import start_writeback
@@ -114,22 +114,47 @@ def _copy_and_hash(source, fd, algorithm):
     in_flight = collections.deque()
     results = []
     offset = 0
-    while True:
-        buffer = free.pop() if free else _retire(in_flight, results)
-        count = _read_full(source, buffer)
-        if not count:
-            break
-        block = memoryview(buffer)[:count]
-        in_flight.append((
-            buffer,
-            whole_worker.submit(whole.update, block),
-            chunk_worker.submit(_write_chunk, fd, block, offset, want_chunks),
-        ))
-        offset += count
-    while in_flight:
-        _retire(in_flight, results)
+    try:
+        while True:
+            buffer = free.pop() if free else _retire(in_flight, results)
+            count = _read_full(source, buffer)
+            if not count:
+                break
+            block = memoryview(buffer)[:count]
+            in_flight.append((
+                buffer,
+                whole_worker.submit(whole.update, block),
+                chunk_worker.submit(_write_chunk, fd, block, offset, want_chunks),
+            ))
+            offset += count
+        while in_flight:
+            _retire(in_flight, results)
+    except BaseException as error:
+        _abandon(in_flight, interrupted=not isinstance(error, Exception))
+        raise
     chunks = [chunk for chunk in results if chunk is not None]
     return offset, whole.hexdigest(), chunks
+
+
+def _abandon(in_flight, interrupted):
+    """After a failure: let no queued job start and wait for the running ones,
+    so no worker writes to ``fd`` after the caller closes it (the number could
+    already belong to another file by then).
+
+    After an interrupt (Ctrl-C) the executors are shut down as well: one that
+    arrives inside ``submit()`` while it starts the worker thread leaves a
+    thread its executor never registered, which only a shutdown wakes; without
+    it the interpreter hangs at exit waiting for that thread.
+    """
+    global _workers
+    futures = [future for _, *pair in in_flight for future in pair]
+    for future in futures:
+        future.cancel()
+    wait(futures)
+    if interrupted and _workers is not None:
+        workers, _workers = _workers, None
+        for executor in workers:
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _retire(in_flight, results):
