@@ -141,3 +141,33 @@ def test_sigkill_between_objects_of_a_directory(run_cli, storage_dir, tmp_path, 
     assert KILL_SIZE not in sizes  # the interrupted big file was not published
     assert run_cli("kachery-verify", "--clean-temp").returncode == 0
     assert temp_files(storage_dir) == []
+
+
+
+def _interrupt_a_store(storage_dir, path):
+    proc = subprocess.Popen([_command_path("kachery-store"), str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert _growing_temp(storage_dir, time.monotonic() + 60) is not None
+        proc.send_signal(signal.SIGINT)
+    finally:
+        out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err.decode()
+
+
+def test_sigint_mid_store_cleans_up(storage_dir, random_300mb):
+    """Ctrl-C: a short message, a failure status, no object and no temp file left."""
+    status, out, err = _interrupt_a_store(storage_dir, random_300mb)
+    assert status != 0 and out == b""
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert list_objects(storage_dir, "sha1") == []
+    assert temp_files(storage_dir) == []
+
+
+@pytest.mark.xfail(strict=True, reason="click's standalone main turns KeyboardInterrupt into "
+                   "'Aborted!' and exit 1 (the not-found code) before run_reporting_errors can map "
+                   "it to ExitStatus.INTERRUPTED (130); needs a click Command subclass or "
+                   "standalone_mode=False for every command (error-handling design)")
+def test_sigint_exit_status_is_130(storage_dir, random_300mb):
+    status, _, err = _interrupt_a_store(storage_dir, random_300mb)
+    assert status == 130, err

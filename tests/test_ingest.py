@@ -151,3 +151,44 @@ def test_symlink_to_same_dir_twice_is_not_a_cycle(store, tmp_path):
         tree = ingest.snapshot_dir(batch, src)
     assert sorted(tree.dirs) == ["one", "two"]
     assert tree.dirs["one"].files["f"] == tree.dirs["two"].files["f"]
+
+
+class FailingSource:
+    """A source whose reads fail after ``blocks`` full blocks."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def readinto(self, buffer):
+        if self.blocks == 0:
+            raise OSError(5, "Input/output error (simulated)")
+        self.blocks -= 1
+        buffer[:] = b"\x07" * len(buffer)
+        return len(buffer)
+
+
+def test_failed_read_leaves_no_worker_writing_to_a_closed_fd(store, monkeypatch):
+    import time
+
+    real_write_chunk = ingest._write_chunk
+    bad_fd_writes = []
+
+    def slow_write_chunk(fd, block, offset, want_chunk):
+        time.sleep(0.05)  # the reader fails while these are still queued
+        try:
+            return real_write_chunk(fd, block, offset, want_chunk)
+        except OSError as error:
+            bad_fd_writes.append(error)
+            raise
+
+    monkeypatch.setattr(ingest, "_write_chunk", slow_write_chunk)
+    batch = WriteBatch(store)
+    with pytest.raises(OSError, match="simulated"):
+        ingest._store_large(batch, FailingSource(4), "sha1")
+    time.sleep(0.3)  # any job still queued would run now
+    assert bad_fd_writes == []
+    assert os.listdir(os.path.join(store.root, "tmp")) == []
+    # and the workers still work afterwards
+    with WriteBatch(store) as batch:
+        stored = ingest._store_large(batch, io.BytesIO(b"\x01" * (ingest.CHUNK_SIZE + 1)), "sha1")
+    assert stored.digest == hashlib.sha1(b"\x01" * (ingest.CHUNK_SIZE + 1)).hexdigest()
