@@ -150,8 +150,10 @@ def _interrupt_a_store(storage_dir, path):
     try:
         assert _growing_temp(storage_dir, time.monotonic() + 60) is not None
         proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)  # a hang at exit fails here
     finally:
-        out, err = proc.communicate(timeout=60)
+        proc.kill()
+        proc.wait()
     return proc.returncode, out, err.decode()
 
 
