@@ -59,6 +59,8 @@ def load_config(path=None, environ=None):
     environ = os.environ if environ is None else environ
     settings = _read_file(path or config_file_path())
     storage_dir = environ.get("KACHERY_STORAGE_DIR") or settings.get("storage_dir")
+    if storage_dir is not None and not isinstance(storage_dir, str):
+        raise ConfigError(f"config file: storage_dir must be a string, got {storage_dir!r}")
     token = environ.get("KACHERY_TOKEN")
     remotes = _remotes_from_file(settings)
     if environ.get("KACHERY_REMOTE"):
