@@ -555,3 +555,24 @@ def test_load_dest_in_new_parent_directory(run_cli, stored_sample, tmp_path):
     dest = tmp_path / "new" / "parent" / "dest"
     run_cli("kachery-load", f"{stored_sample}/nested", "--dest", dest, check=True)
     assert read_tree(dest) == SAMPLE["nested"]
+
+
+@pytest.mark.parametrize("content", ["storage_dir = [1, 2]\n", "storage_dir = \n", "[[remotes]]\nurl = 5\n"])
+def test_bad_config_file_is_one_line_exit_2(run_cli, storage_dir, tmp_path, content):
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    small = tmp_path / "f"
+    small.write_bytes(b"f")
+    result = run_cli("kachery-store", small, env={"KACHERY_CONFIG": str(config), "KACHERY_STORAGE_DIR": ""})
+    assert_clean_error(result, 2, "config")
+
+
+def test_storage_dir_option(run_cli, storage_dir, tmp_path):
+    other = tmp_path / "other"
+    small = tmp_path / "f"
+    small.write_bytes(b"elsewhere")
+    (url,) = stdout_lines(run_cli("kachery-store", "--storage-dir", other, small, check=True))
+    assert os.path.isfile(object_path(other, "sha1", sha1(b"elsewhere")))
+    assert not os.path.exists(storage_dir / "sha1")
+    assert run_cli("kachery-cat", "--storage-dir", other, url, check=True).stdout == b"elsewhere"
+    assert_clean_error(run_cli("kachery-cat", url), 1)
