@@ -42,6 +42,9 @@ RECEIVE_BLOCK = 4 * 1024 * 1024
 SEND_BLOCK = 1024 * 1024
 #: Start disk writeback every this many downloaded bytes, so the final fsync is short.
 WRITEBACK_STEP = 64 * 1024 * 1024
+#: Objects up to this size are uploaded in POST /api/upload batches (the
+#: server's limit is the same), larger ones by PUT.
+BATCH_OBJECT_MAX = 1024 * 1024
 #: Hashes per POST /api/has request.
 HAS_BATCH = 20000
 #: Transient server-side failures: retried with backoff, then the next remote.
@@ -78,6 +81,7 @@ class RemoteSet:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._down_until = {}
+        self._batch_api = True  # until the upload remote says it has no api/upload
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-receive")
 
     @classmethod
@@ -289,22 +293,64 @@ class RemoteSet:
             raise _status_error(remote, response, f"{algorithm}://{digest}")
         return response.status_code == 200
 
-    def upload(self, algorithm, digest, path, progress=None):
-        """PUT the file at ``path`` as object ``digest``; return the HTTP status (201/200).
+    def upload(self, algorithm, digest, source, progress=None):
+        """PUT one object (``source``: bytes or a file path); return the HTTP status (201/200).
 
         Raises AccessDenied (401/403), RemoteRejected (other 4xx, e.g. 413 or a
         digest mismatch), RemoteUnavailable (unreachable, 5xx).
         """
         remote = self.upload_remote
-        size = os.path.getsize(path)
-        body = (lambda: b"") if size == 0 else (lambda: _FileBody(path, size, progress))
+        in_memory = isinstance(source, (bytes, bytearray, memoryview))
+        size = len(source) if in_memory else os.path.getsize(source)
+        if in_memory or size == 0:  # (an empty file body would make requests send it chunked)
+            data = bytes(source) if in_memory else b""
+            body = lambda: data  # noqa: E731
+        else:
+            body = lambda: _FileBody(source, size, progress)  # noqa: E731  (reports as it goes)
         response = self._send(remote, "PUT", object_path(algorithm, digest), body=body,
                               headers={"Content-Length": str(size),
                                        "Content-Type": "application/octet-stream"})
         with response:
-            if response.status_code in (200, 201):
-                return response.status_code
-            raise _status_error(remote, response, f"{algorithm}://{digest}")
+            if response.status_code not in (200, 201):
+                raise _status_error(remote, response, f"{algorithm}://{digest}")
+        if progress and (in_memory or size == 0):
+            progress(size)
+        return response.status_code
+
+    def upload_many(self, items, progress=None):
+        """Upload small objects [(algorithm, digest, bytes or path)] in one request.
+
+        Uses ``POST /api/upload`` (kachery-server's batch extension); a remote
+        without it (404/405/501) gets one PUT per object from then on.
+        Each object must be at most BATCH_OBJECT_MAX bytes. Raises like upload.
+        """
+        if not self._batch_api:
+            for algorithm, digest, source in items:
+                self.upload(algorithm, digest, source, progress)
+            return
+        body = _batch_body(items)
+        remote = self.upload_remote
+        response = self._send(remote, "POST", "api/upload", body=lambda: body,
+                              headers={"Content-Type": "application/x-kachery-objects"})
+        with response:
+            if response.status_code in NO_API_STATUSES:
+                self._batch_api = False
+                return self.upload_many(items, progress)
+            if response.status_code != 200:
+                raise _status_error(remote, response, f"a batch of {len(items)} objects")
+        if progress:
+            progress(len(body))
+
+
+def _batch_body(items):
+    """The body of POST /api/upload: '<alg> <digest> <size>\\n' + bytes, per object."""
+    parts = []
+    for algorithm, digest, source in items:
+        if not isinstance(source, (bytes, bytearray, memoryview)):
+            with open(source, "rb") as file:
+                source = file.read()
+        parts += [f"{algorithm} {digest} {len(source)}\n".encode("ascii"), source]
+    return b"".join(parts)
 
 
 # ------------------------------------------------------------------ helpers

@@ -3,56 +3,87 @@
 The objects a store action produced (file contents, file manifests, the
 directory manifest) are recorded by a :class:`RecordingBatch`. The remote is
 asked once which of them it already has (``POST /api/has``); the missing ones
-are uploaded in parallel, except the last object the action wrote (the
+are uploaded in parallel — small ones many per request (``POST /api/upload``),
+large ones streamed by PUT — except the last object the action wrote (the
 snapshot's directory manifest, or a large file's file manifest), which goes
 up only after everything it refers to is there: a URL never resolves on the
 server to something the server cannot serve.
 
-With ``keep_local=False`` nothing is published locally: objects are uploaded
-straight from the batch's temp files, which are then discarded.
+With ``keep_local=False`` nothing is published locally: small objects are kept
+in memory (up to a budget), large ones in the batch's temp files, uploaded
+from there and then discarded.
 """
 
+import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from .errors import ConfigError
 from .store import WriteBatch
 
-#: Parallel PUT requests (small files are latency-bound, large ones share the link).
+#: Parallel upload requests.
 UPLOAD_WORKERS = 8
+#: Small objects per POST /api/upload, and bytes per such request.
+BATCH_COUNT = 1000
+BATCH_BYTES = 8 * 1024 * 1024
+#: Objects up to this size go in batches (must not exceed remote.BATCH_OBJECT_MAX).
+SMALL_OBJECT = 1024 * 1024
+#: With keep_local=False, small objects up to this many bytes in all stay in memory.
+MEMORY_BUDGET = 256 * 1024 * 1024
 
 
 class RecordingBatch(WriteBatch):
     """A WriteBatch that also remembers every object the action produced.
 
-    ``recorded`` maps (algorithm, digest) to the temp file holding it, or to
-    None when it was already in the store; insertion order is write order.
+    ``recorded`` maps (algorithm, digest) to where its bytes are: a temp file
+    path, the bytes themselves (``in_memory=True``: small objects are not
+    written to disk at all), or None when the object was already stored.
+    Insertion order is write order.
     """
 
-    def __init__(self, store):
+    def __init__(self, store, in_memory=False):
         super().__init__(store)
         self.recorded = {}
         self.committed = False
+        self._memory_left = MEMORY_BUDGET if in_memory else 0
 
     def add(self, temp_path, algorithm, digest):
         super().add(temp_path, algorithm, digest)
         self.recorded.setdefault((algorithm, digest), temp_path)
 
     def write_bytes(self, data, algorithm, digest):
+        key = (algorithm, digest)
+        if key in self.recorded:
+            return
         if self.store.has(algorithm, digest):
-            self.recorded.setdefault((algorithm, digest), None)
-        super().write_bytes(data, algorithm, digest)
+            self.recorded[key] = None
+        elif len(data) <= min(SMALL_OBJECT, self._memory_left):
+            self._memory_left -= len(data)
+            self.recorded[key] = bytes(data)
+        else:
+            super().write_bytes(data, algorithm, digest)
 
     def commit(self):
+        """Publish temp files and in-memory objects (for keep_local)."""
+        for (algorithm, digest), source in list(self.recorded.items()):
+            if isinstance(source, bytes):
+                super().write_bytes(source, algorithm, digest)
         super().commit()
         self.committed = True
 
-    def path_of(self, algorithm, digest):
-        """Where the object's bytes can be read now (temp file or store)."""
-        temp_path = self.recorded.get((algorithm, digest))
-        if temp_path is None or self.committed:
+    def discard(self):
+        """Drop everything, in-memory objects too (a later commit publishes nothing)."""
+        super().discard()
+        self.recorded = {}
+
+    def source_of(self, algorithm, digest):
+        """The object's bytes (bytes) or a path where they can be read now."""
+        source = self.recorded.get((algorithm, digest))
+        if isinstance(source, bytes):
+            return source
+        if source is None or self.committed:
             return self.store.object_path(algorithm, digest)
-        return temp_path
+        return source
 
 
 def store_and_upload(kachery, action, keep_local=True, progress=None, workers=UPLOAD_WORKERS):
@@ -67,7 +98,7 @@ def store_and_upload(kachery, action, keep_local=True, progress=None, workers=UP
     remotes = kachery.remotes
     if not remotes:
         raise ConfigError("no remote to upload to: set KACHERY_REMOTE or [[remotes]] in the config file")
-    with RecordingBatch(kachery.store) as batch:
+    with RecordingBatch(kachery.store, in_memory=not keep_local) as batch:
         result = action(batch)
         if keep_local:
             batch.commit()
@@ -85,24 +116,50 @@ def upload_recorded(remotes, batch, progress=None, workers=UPLOAD_WORKERS):
     if not missing:
         return
     last = missing.pop() if missing[-1] == objects[-1] else None
-    upload_all(remotes, [(*obj, batch.path_of(*obj)) for obj in missing], progress, workers)
+    upload_all(remotes, [(*obj, batch.source_of(*obj)) for obj in missing], progress, workers)
     if last:
-        remotes.upload(*last, batch.path_of(*last), progress)
+        upload_all(remotes, [(*last, batch.source_of(*last))], progress, workers=1)
 
 
 def upload_all(remotes, items, progress=None, workers=UPLOAD_WORKERS):
-    """Upload (algorithm, digest, path) items in parallel; raise the first failure."""
-    if len(items) <= 1 or workers <= 1:
-        for algorithm, digest, path in items:
-            remotes.upload(algorithm, digest, path, progress)
+    """Upload (algorithm, digest, source) items (source: bytes or a path) in parallel.
+
+    Small objects travel in batches, large ones one PUT each. Raises the
+    first failure (the remaining jobs are cancelled).
+    """
+    sized = [(item, _size(item[2])) for item in items]
+    jobs = [(remotes.upload_many, group) for group in _batches(sized)]
+    jobs += [(remotes.upload, *item) for item, size in sized if size > SMALL_OBJECT]
+    if len(jobs) <= 1 or workers <= 1:
+        for function, *args in jobs:
+            function(*args, progress)
         return
-    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="kachery-upload") as pool:
-        futures = [pool.submit(remotes.upload, alg, digest, path, progress) for alg, digest, path in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="kachery-upload") as pool:
+        futures = [pool.submit(function, *args, progress) for function, *args in jobs]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for future in pending:
             future.cancel()
         for future in done:
             future.result()  # re-raises the first failure
+
+
+def _batches(sized):
+    """Groups of small items, each within BATCH_COUNT objects and BATCH_BYTES."""
+    group, group_bytes = [], 0
+    for item, size in sized:
+        if size > SMALL_OBJECT:
+            continue
+        if group and (len(group) >= BATCH_COUNT or group_bytes + size > BATCH_BYTES):
+            yield group
+            group, group_bytes = [], 0
+        group.append(item)
+        group_bytes += size
+    if group:
+        yield group
+
+
+def _size(source):
+    return len(source) if isinstance(source, bytes) else os.path.getsize(source)
 
 
 def _serialized(progress):

@@ -10,9 +10,10 @@ from aiohttp import web
 
 from .handlers import ObjectService
 
-#: One line per request: client, time, request line, status, bytes, seconds,
-#: the Range header ("-" if none) and the user agent.
-ACCESS_LOG_FORMAT = '%a %t "%r" %s %b %Tf "%{Range}i" "%{User-Agent}i"'
+#: One line per request: client, time, request line, status, bytes sent,
+#: seconds, the Range header and the request's Content-Length ("-" if none),
+#: the user agent.
+ACCESS_LOG_FORMAT = '%a %t "%r" %s %b %Tf "%{Range}i" %{Content-Length}i "%{User-Agent}i"'
 #: After SIGTERM, in-flight requests get this long to finish before they are
 #: cancelled (a cancelled upload removes its temp file: it leaves nothing).
 SHUTDOWN_GRACE = 30.0

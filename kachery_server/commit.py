@@ -31,11 +31,18 @@ class GroupCommitter:
         Once called, the temp file belongs to the committer: cancelling the
         caller (e.g. at shutdown) does not stop or break its group.
         """
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append((temp_path, algorithm, digest, future))
-        if self._worker is None or self._worker.done():
+        return (await self.publish_many([(temp_path, algorithm, digest)]))[0]
+
+    async def publish_many(self, items):
+        """publish() for several (temp_path, algorithm, digest); one bool each."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for temp_path, algorithm, digest in items:
+            futures.append(loop.create_future())
+            self._queue.append((temp_path, algorithm, digest, futures[-1]))
+        if futures and (self._worker is None or self._worker.done()):
             self._worker = asyncio.ensure_future(self._run())
-        return await asyncio.shield(future)
+        return await asyncio.shield(asyncio.gather(*futures))
 
     async def _run(self):
         while self._queue:

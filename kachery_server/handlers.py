@@ -3,6 +3,7 @@
     GET|HEAD /<alg>/<h[0:2]>/<h[2:4]>/<h[4:6]>/<h>    200 | 206 | 304 | 404 | 416
     PUT      /<alg>/<h[0:2]>/<h[2:4]>/<h[4:6]>/<h>    201 | 200 | 400 | 401 | 403 | 411 | 413
     POST     /api/has                                 {"sha1": [...], "md5": [...]}
+    POST     /api/upload                              many small objects (see batch.py)
 
 A path is accepted only when the algorithm is known, the digest is a valid hex
 digest and the fan-out folders are its prefixes; only then is a file path
@@ -16,6 +17,7 @@ from aiohttp import hdrs, web
 
 from kachery_core.hashing import DIGEST_LENGTHS, is_valid_hash
 
+from . import batch
 from .commit import GroupCommitter
 from .ranges import UNSATISFIABLE, parse_range
 from .receive import TempUpload
@@ -45,6 +47,7 @@ class ObjectService:
             web.get(OBJECT_ROUTE, self.get_object),
             web.put(OBJECT_ROUTE, self.put_object, expect_handler=self.expect_upload),
             web.post("/api/has", self.has_objects),
+            web.post("/api/upload", self.upload_batch),
         ]
 
     # ------------------------------------------------------------ helpers
@@ -91,16 +94,17 @@ class ObjectService:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return None
 
-    def check_upload(self, request):
+    def check_upload(self, request, limit=None):
         """Raise 401/403 (access), 411 (no length) or 413 (over the limit)."""
         self.authorize(request, write=True)
+        limit = self.max_upload if limit is None else min(limit, self.max_upload)
         length = request.content_length
         if length is None or hdrs.TRANSFER_ENCODING in request.headers:
             raise _error(web.HTTPLengthRequired, "Content-Length is required")
-        if length > self.max_upload:
+        if length > limit:
             raise web.HTTPRequestEntityTooLarge(
-                max_size=self.max_upload, actual_size=length,
-                text=f"{length} bytes is over the upload limit of {self.max_upload}\n")
+                max_size=limit, actual_size=length,
+                text=f"{length} bytes is over the upload limit of {limit}\n")
         return length
 
     async def put_object(self, request):
@@ -113,6 +117,10 @@ class ObjectService:
         created = await self.committer.publish(temp_path, algorithm, digest)
         return web.Response(status=201 if created else 200,
                             text="stored\n" if created else "already present\n")
+
+    async def upload_batch(self, request):
+        self.check_upload(request, limit=batch.MAX_BODY)
+        return await batch.receive_batch(request, self.store, self.committer)
 
     # ------------------------------------------------------------ api/has
 

@@ -262,6 +262,19 @@ class _Misbehaving(http.server.BaseHTTPRequestHandler):
             return
         self.wfile.write(cls.body)
 
+    def do_POST(self):  # noqa: N802  (a server without the batch API)
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_PUT(self):  # noqa: N802
+        cls = type(self)
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        cls.received = getattr(cls, "received", []) + [(self.path, data)]
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def log_message(self, *args):
         pass
 
@@ -308,3 +321,25 @@ def test_truncated_download_fails_over_and_leaves_nothing(misbehaving, shared_se
     path = remote_set(misbehaving.url, shared_server.url).download("sha1", sha1(data), store)
     with open(path, "rb") as file:
         assert file.read() == data
+
+
+def test_upload_many_falls_back_to_put_without_the_batch_api(misbehaving, tmp_path):
+    blobs = [b"one", b"two", b""]
+    path = tmp_path / "three"
+    path.write_bytes(b"from a file")
+    items = [("sha1", sha1(b), b) for b in blobs] + [("sha1", sha1(b"from a file"), str(path))]
+    remotes = remote_set((misbehaving.url, "token"))
+    remotes.upload_many(items)
+    assert sorted(misbehaving.received) == sorted(
+        [(f"/{object_rel(sha1(b))}", b) for b in blobs + [b"from a file"]])
+
+
+def test_upload_many_through_the_batch_api(servers, tmp_path):
+    server = servers.kachery()
+    blobs = [os.urandom(1000 + i) for i in range(30)]
+    remotes = remote_set((server.url, server.write_token))
+    sent = []
+    remotes.upload_many([("sha1", sha1(b), b) for b in blobs], sent.append)
+    assert sum(sent) >= sum(map(len, blobs))
+    assert len(stored_objects(server.storage)) == 30
+    assert "POST /api/upload" in server.log() and "PUT /" not in server.log()

@@ -392,3 +392,51 @@ def test_server_start_errors_are_one_line(run_cli, tmp_path):
     stderr = result.stderr.decode()
     assert result.returncode != 0 and "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------- api/upload
+
+def batch_body(*objects):
+    """Body of POST /api/upload for (digest, bytes) pairs."""
+    return b"".join(f"sha1 {digest} {len(data)}\n".encode() + data for digest, data in objects)
+
+
+def test_api_upload_stores_many_objects_in_one_request(shared_server):
+    server = shared_server
+    blobs = [os.urandom(100 + i) for i in range(50)]
+    body = batch_body(*[(sha1(b), b) for b in blobs + blobs[:1]])  # one twice
+    response = requests.post(f"{server.url}/api/upload", data=body, headers=auth(server.write_token))
+    assert response.status_code == 200 and response.json() == {"stored": 50, "present": 1}
+    for blob in blobs:
+        assert requests.get(f"{server.url}/{object_rel(sha1(blob))}").content == blob
+    again = requests.post(f"{server.url}/api/upload", data=body, headers=auth(server.write_token))
+    assert again.json() == {"stored": 0, "present": 51}
+
+
+@pytest.mark.parametrize("make_body", [
+    lambda good, bad: batch_body(good, (sha1(b"claimed"), b"actual")),        # digest mismatch
+    lambda good, bad: batch_body(good) + b"sha1 nothex 3\nabc",                # malformed header
+    lambda good, bad: batch_body(good) + f"sha1 {bad} 10\nshort".encode(),   # truncated
+    lambda good, bad: batch_body(good) + f"sha1 {bad} {2 << 20}\n".encode(),  # object too big
+    lambda good, bad: batch_body(good) + b"x" * 70000,                          # endless header line
+])
+def test_api_upload_is_all_or_nothing(shared_server, make_body):
+    server = shared_server
+    data = os.urandom(500)
+    good = (sha1(data), data)
+    response = requests.post(f"{server.url}/api/upload", data=make_body(good, sha1(os.urandom(5))),
+                             headers=auth(server.write_token))
+    assert response.status_code == 400
+    assert_nothing_stored(server, sha1(data))
+
+
+def test_api_upload_needs_write_permission_and_length(shared_server):
+    server = shared_server
+    data = os.urandom(100)
+    body = batch_body((sha1(data), data))
+    assert requests.post(f"{server.url}/api/upload", data=body).status_code == 401
+    assert requests.post(f"{server.url}/api/upload", data=body,
+                         headers=auth(server.read_token)).status_code == 403
+    assert requests.post(f"{server.url}/api/upload", data=iter([body]),
+                         headers=auth(server.write_token)).status_code == 411
+    assert_nothing_stored(server, sha1(data))

@@ -1,0 +1,101 @@
+"""``POST /api/upload``: many small objects in one request.
+
+An extension of SPEC §5 (which only needs PUT): a snapshot of 10,000 small
+files would otherwise cost 10,000 requests. Clients fall back to one PUT per
+object when a server answers 404, 405 or 501, as they do for ``api/has``.
+
+Body: for each object a header line ``<alg> <digest> <size>\\n`` followed by
+exactly ``<size>`` bytes. All or nothing: every object is verified against its
+digest before any is published; a malformed header, an object over
+:data:`MAX_OBJECT`, a short body or a mismatch → 400 and nothing is kept.
+Answer: ``{"stored": <new objects>, "present": <objects already there>}``.
+"""
+
+import asyncio
+import os
+
+from aiohttp import web
+
+from kachery_core.hashing import DIGEST_LENGTHS, digest_bytes, is_valid_hash
+
+#: Largest object accepted in a batch (larger ones go by PUT, streamed).
+MAX_OBJECT = 1024 * 1024
+#: Largest batch body.
+MAX_BODY = 64 * 1024 * 1024
+
+
+class BadBatch(ValueError):
+    """The body breaks the format above; the message says how."""
+
+
+async def read_batch(content):
+    """Parse the body from an aiohttp StreamReader into [(alg, digest, bytes)]."""
+    items = []
+    while True:
+        try:
+            line = await content.readline()
+        except ValueError:
+            raise BadBatch("header line too long") from None
+        if not line:
+            return items
+        algorithm, digest, size = parse_header(line)
+        try:
+            items.append((algorithm, digest, await content.readexactly(size)))
+        except asyncio.IncompleteReadError:
+            raise BadBatch(f"body ends inside object {digest}") from None
+
+
+def parse_header(line):
+    """(algorithm, digest, size) of one header line; raise BadBatch."""
+    parts = line.decode("ascii", "replace").split()
+    if len(parts) != 3 or parts[0] not in DIGEST_LENGTHS or not is_valid_hash(parts[0], parts[1]):
+        raise BadBatch(f"bad object header {line[:100]!r}")
+    if not parts[2].isdigit() or int(parts[2]) > MAX_OBJECT:
+        raise BadBatch(f"bad size in {line[:100]!r} (at most {MAX_OBJECT} bytes per object)")
+    return parts[0], parts[1].lower(), int(parts[2])
+
+
+def write_verified(store, items):
+    """Verify every object, write the new ones to temp files.
+
+    Returns ([(temp_path, algorithm, digest)], number already present);
+    raises BadBatch on a mismatch, with no temp file left behind.
+    """
+    written, present = [], 0
+    try:
+        for algorithm, digest, data in items:
+            got = digest_bytes(algorithm, data)
+            if got != digest:
+                raise BadBatch(f"digest mismatch: header says {digest}, bytes are {got}")
+            if store.has(algorithm, digest):
+                present += 1
+                continue
+            written.append((_write_temp(store, data), algorithm, digest))
+    except BaseException:
+        for temp_path, _, _ in written:
+            os.unlink(temp_path)
+        raise
+    return written, present
+
+
+def _write_temp(store, data):
+    fd, path = store.create_temp()
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    return path
+
+
+async def receive_batch(request, store, committer):
+    """Handle the body of POST /api/upload (access and length already checked)."""
+    try:
+        items = await read_batch(request.content)
+        written, present = await asyncio.to_thread(write_verified, store, items)
+    except BadBatch as error:
+        raise web.HTTPBadRequest(text=f"{error}\n") from None
+    created = await committer.publish_many(written)
+    stored = sum(1 for flag in created if flag)
+    return web.json_response({"stored": stored, "present": present + len(created) - stored})
