@@ -576,3 +576,26 @@ def test_storage_dir_option(run_cli, storage_dir, tmp_path):
     assert not os.path.exists(storage_dir / "sha1")
     assert run_cli("kachery-cat", "--storage-dir", other, url, check=True).stdout == b"elsewhere"
     assert_clean_error(run_cli("kachery-cat", url), 1)
+
+
+def test_load_default_destination_is_the_label(stored_sample, storage_dir, tmp_path):
+    from conftest import _command_path
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    result = subprocess.run([_command_path("kachery-load"), stored_sample], cwd=work,
+                            capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().strip() == str(work / "sample")
+    assert read_tree(work / "sample") == SAMPLE
+    sub = subprocess.run([_command_path("kachery-load"), stored_sample + "/nested/deeper"], cwd=work,
+                         capture_output=True, timeout=60)
+    assert sub.returncode == 0, sub.stderr
+    assert read_tree(work / "deeper") == SAMPLE["nested"]["deeper"]
+
+
+def test_info_of_a_directory(run_cli, stored_sample):
+    info = json.loads(run_cli("kachery-info", stored_sample + "/nested", check=True).stdout)
+    leaf = SAMPLE["nested"]["deeper"]["deepest"]["leaf.bin"]
+    assert info["type"] == "dir" and info["sha1dir"] == _manifest_hash(stored_sample)
+    assert info["files"] == 2 and info["size"] == len(leaf) + len(SAMPLE["nested"]["sibling.txt"])
