@@ -9,9 +9,10 @@ snapshot's directory manifest, or a large file's file manifest), which goes
 up only after everything it refers to is there: a URL never resolves on the
 server to something the server cannot serve.
 
-With ``keep_local=False`` nothing is published locally: small objects are kept
-in memory (up to a budget), large ones in the batch's temp files, uploaded
-from there and then discarded.
+With ``keep_local=False`` nothing is published locally and nothing is copied:
+small objects are kept in memory (up to a budget), large files are only hashed
+(``by_reference``, a hook in ingest) and uploaded straight from the source
+file; if it changes in between, the server's verification refuses it.
 """
 
 import os
@@ -36,16 +37,25 @@ class RecordingBatch(WriteBatch):
     """A WriteBatch that also remembers every object the action produced.
 
     ``recorded`` maps (algorithm, digest) to where its bytes are: a temp file
-    path, the bytes themselves (``in_memory=True``: small objects are not
-    written to disk at all), or None when the object was already stored.
-    Insertion order is write order.
+    path, the bytes themselves, or None when the object was already stored.
+    Insertion order is write order. With ``upload_only`` small objects stay in
+    memory and large files are referenced in place (ingest sees
+    ``by_reference`` and calls ``add_reference`` instead of copying them).
     """
 
-    def __init__(self, store, in_memory=False):
+    def __init__(self, store, upload_only=False):
         super().__init__(store)
         self.recorded = {}
         self.committed = False
-        self._memory_left = MEMORY_BUDGET if in_memory else 0
+        self.by_reference = upload_only
+        self._references = {}
+        self._memory_left = MEMORY_BUDGET if upload_only else 0
+
+    def add_reference(self, source_path, algorithm, digest):
+        """Record a large object whose bytes stay in ``source_path`` (upload_only)."""
+        key = (algorithm, digest)
+        self._references.setdefault(key, os.path.abspath(os.fspath(source_path)))
+        self.recorded.setdefault(key, None)
 
     def add(self, temp_path, algorithm, digest):
         super().add(temp_path, algorithm, digest)
@@ -74,10 +84,12 @@ class RecordingBatch(WriteBatch):
     def discard(self):
         """Drop everything, in-memory objects too (a later commit publishes nothing)."""
         super().discard()
-        self.recorded = {}
+        self.recorded, self._references = {}, {}
 
     def source_of(self, algorithm, digest):
         """The object's bytes (bytes) or a path where they can be read now."""
+        if (algorithm, digest) in self._references:
+            return self._references[(algorithm, digest)]
         source = self.recorded.get((algorithm, digest))
         if isinstance(source, bytes):
             return source
@@ -98,7 +110,7 @@ def store_and_upload(kachery, action, keep_local=True, progress=None, workers=UP
     remotes = kachery.remotes
     if not remotes:
         raise ConfigError("no remote to upload to: set KACHERY_REMOTE or [[remotes]] in the config file")
-    with RecordingBatch(kachery.store, in_memory=not keep_local) as batch:
+    with RecordingBatch(kachery.store, upload_only=not keep_local) as batch:
         result = action(batch)
         if keep_local:
             batch.commit()
