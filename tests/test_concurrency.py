@@ -39,8 +39,8 @@ def temp_files(root):
 
 def test_concurrent_writers_of_the_same_content(run_cli, storage_dir, tmp_path):
     big = tmp_path / "big.bin"
-    big.write_bytes(os.urandom(12 * 1024 * 1024 + 77))  # three chunks: file + manifest objects
-    spec = {f"d{d}": {f"f{i}": b"%d-%d\n" % (d, i) * i for i in range(40)} for d in range(5)}
+    big.write_bytes(os.urandom(8 * 1024 * 1024 + 77))  # three chunks: file + manifest objects
+    spec = {f"d{d}": {f"f{i}": b"%d-%d\n" % (d, i) * i for i in range(25)} for d in range(3)}
     spec["same"] = {"a": b"shared", "b": b"shared"}
     src = tmp_path / "tree"
     write_tree(src, spec)

@@ -4,7 +4,7 @@ import hashlib
 import string
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kachery_core.errors import InvalidURL
@@ -166,6 +166,7 @@ def test_non_string_rejected():
 
 # -------------------------------------------------------------- properties
 
+@settings(max_examples=100)
 @given(h=hex40, name=st.none() | names, manifest=st.none() | hex40)
 def test_sha1_round_trip(h, name, manifest):
     text = f"sha1://{h}" + (f"/{name}" if name else "") + (f"?manifest={manifest}" if manifest else "")
@@ -204,6 +205,7 @@ def test_sha1dir_round_trip_and_normalization(h, label, parts, empties, trailing
     assert str(url) == canonical
 
 
+@settings(max_examples=100)
 @given(st.text(max_size=60))
 def test_arbitrary_text_either_parses_or_raises_invalid_url(text):
     try:
