@@ -181,10 +181,13 @@ def ls_command(url, long, as_json, storage_dir, remotes):
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
-    for item in entries:
-        suffix = "/" if item["type"] == "dir" else ""
-        prefix = f"{item['size']:>14}  " if long else ""
-        click.echo(f"{prefix}{item['name']}{suffix}")
+    try:
+        for item in entries:
+            suffix = "/" if item["type"] == "dir" else ""
+            prefix = f"{item['size']:>14}  " if long else ""
+            click.echo(f"{prefix}{item['name']}{suffix}")
+    except BrokenPipeError:  # `kachery-ls URL | head`: see cat_command
+        silence_stdout()
 
 
 def _entries(target):
