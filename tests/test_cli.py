@@ -412,6 +412,16 @@ def test_cat_into_head_exits_cleanly(run_cli, storage_dir, large_file, tmp_path)
     assert (tmp_path / "err").read_bytes() == b""
 
 
+def test_ls_into_head_exits_cleanly(store, tmp_path):
+    src = tmp_path / "flat"
+    write_tree(src, {f"f{i:05}": b"" for i in range(5000)})  # more than a pipe buffer of names
+    (url,) = store(src)
+    script = f'kachery-ls -l "{url}" 2>"{tmp_path}/err" | head -n 1; echo "status=${{PIPESTATUS[0]}}"'
+    result = subprocess.run(["bash", "-c", script], capture_output=True, timeout=60)
+    assert result.stdout.decode().split() == ["0", "f00000", "status=0"]
+    assert (tmp_path / "err").read_bytes() == b""
+
+
 def test_cat_end_before_start_is_invalid(run_cli, stored_sample):
     result = run_cli("kachery-cat", f"{stored_sample}/top.txt", "--start", 5, "--end", 2)
     assert_clean_error(result, 2, "--end")
