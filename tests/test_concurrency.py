@@ -4,6 +4,7 @@ import hashlib
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -173,3 +174,28 @@ def test_sigint_mid_store_cleans_up(storage_dir, random_300mb):
 def test_sigint_exit_status_is_130(storage_dir, random_300mb):
     status, _, err = _interrupt_a_store(storage_dir, random_300mb)
     assert status == 130, err
+
+
+def _peak_rss_mib(args):
+    """Run a command in a fresh parent; return (returncode, stdout, its peak RSS in MiB)."""
+    code = (
+        "import resource, subprocess, sys\n"
+        "result = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE)\n"
+        "print(result.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+        " result.stdout.decode()[:200])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                            timeout=120, check=True)
+    out = result.stdout.decode().split()
+    assert result.stderr == b"", result.stderr.decode()
+    return int(out[0]), out[2:], int(out[1]) / 1024
+
+
+def test_peak_memory_of_store_and_cat_is_bounded(storage_dir, random_300mb):
+    """Issue 2: peak memory of any command stays under 100 MB whatever the file size."""
+    status, (url,), store_mib = _peak_rss_mib([_command_path("kachery-store"), random_300mb])
+    assert status == 0
+    assert store_mib < 100, f"kachery-store of 300 MB peaked at {store_mib:.0f} MiB"
+    status, _, cat_mib = _peak_rss_mib(["sh", "-c", f'{_command_path("kachery-cat")} "$0" | wc -c', url])
+    assert status == 0 and _ == [str(KILL_SIZE)]
+    assert cat_mib < 100, f"kachery-cat of 300 MB peaked at {cat_mib:.0f} MiB"
