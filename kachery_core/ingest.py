@@ -64,8 +64,9 @@ class StoredFile:
 def store_path(batch, path, algorithm="sha1", progress=None):
     """Hash and copy the file at ``path`` into ``batch``; return a StoredFile."""
     with open(path, "rb", buffering=0) as source:
-        size = os.fstat(source.fileno()).st_size
-        if size <= SMALL_FILE:
+        info = os.fstat(source.fileno())
+        # A pipe (`kachery-store /dev/stdin`) reports size 0: stream it, never slurp it
+        if stat.S_ISREG(info.st_mode) and info.st_size <= SMALL_FILE:
             data = source.read()
             stored = store_data(batch, data, algorithm)
         else:
