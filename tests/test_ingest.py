@@ -192,3 +192,28 @@ def test_failed_read_leaves_no_worker_writing_to_a_closed_fd(store, monkeypatch)
     with WriteBatch(store) as batch:
         stored = ingest._store_large(batch, io.BytesIO(b"\x01" * (ingest.CHUNK_SIZE + 1)), "sha1")
     assert stored.digest == hashlib.sha1(b"\x01" * (ingest.CHUNK_SIZE + 1)).hexdigest()
+
+
+def test_piped_input_is_streamed_not_slurped(store):
+    """A pipe reports size 0; it must take the streaming path (bounded memory, and a
+    file manifest when large), giving the same result as the same bytes in a file."""
+    import threading
+
+    data = os.urandom(2 * ingest.CHUNK_SIZE + 99)
+    read_end, write_end = os.pipe()
+
+    def feed():
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(data)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        with WriteBatch(store) as batch:
+            stored = ingest.store_path(batch, f"/dev/fd/{read_end}")
+    finally:
+        writer.join()
+        os.close(read_end)
+    assert stored.digest == hashlib.sha1(data).hexdigest() and stored.size == len(data)
+    assert stored.manifest is not None
+    assert store.read_bytes("sha1", stored.digest) == data
