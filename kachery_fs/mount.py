@@ -23,8 +23,9 @@ from kachery_core.errors import KacheryError
 
 log = logging.getLogger("kachery.mount")
 
-#: The kernel's readahead for the mount, in KiB (the default is 128).
-READ_AHEAD_KB = 1024
+#: The kernel's readahead for the mount, in KiB (default 128; 4 MiB keeps several
+#: 1 MiB requests in flight, measured best of 1-16 MiB on a 2-core VM).
+READ_AHEAD_KB = 4096
 #: How long start_background waits for the child to mount.
 READY_TIMEOUT = 30.0
 
@@ -145,7 +146,7 @@ def raise_read_ahead(mountpoint, kilobytes=READ_AHEAD_KB):
     """Raise the mount's readahead (via sysfs); quietly skipped when not allowed.
 
     libfuse can only lower the kernel's 128 KiB default; large sequential
-    reads go much faster with 1 MiB requests.
+    reads go much faster with several 1 MiB requests in flight.
     """
     device = os.stat(mountpoint).st_dev
     path = f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb"

@@ -7,9 +7,14 @@ first when remotes are configured.
 
 Seam for lazy remote reads (issue 5): a reader for large files with a trusted
 file manifest (``target.manifest``) that fetches and verifies single chunks
-slots in here, as another class with the same three members — ``handle``,
-``read(size, offset)`` and ``close()`` — chosen by :func:`open_reader`.
-Nothing else in the mount needs to change.
+slots in here, as another class with the same members — ``handle``,
+``read(size, offset)``, ``span(size, offset)`` and ``close()`` — chosen by
+:func:`open_reader`. Nothing else in the mount needs to change.
+
+``span`` lets the kernel adapter hand libfuse a file descriptor and offset
+instead of bytes, so the data is copied in C (or spliced) without passing
+through Python; a reader whose bytes are not in a local file returns None and
+is read with ``read``.
 """
 
 import os
@@ -25,13 +30,18 @@ class LocalReader:
     kernel copies.
     """
 
-    def __init__(self, fd):
+    def __init__(self, fd, size):
         self.fd = fd
+        self.size = size
         #: Unique among open readers (an open file descriptor cannot repeat).
         self.handle = fd
 
     def read(self, size, offset):
         return os.pread(self.fd, size, offset)
+
+    def span(self, size, offset):
+        """(fd, offset, length) holding the bytes [offset, offset + size), clipped at EOF."""
+        return self.fd, offset, max(0, min(size, self.size - offset))
 
     def close(self):
         os.close(self.fd)
@@ -51,7 +61,7 @@ def open_reader(kachery, target):
     except BaseException:
         os.close(fd)
         raise
-    return LocalReader(fd)
+    return LocalReader(fd, target.size)
 
 
 def _check_size(fd, target):

@@ -195,6 +195,14 @@ class Resolver:
         """
         return self._readers[handle][0].read(size, offset)
 
+    def span(self, handle, size, offset):
+        """Where those bytes lie in a local file: (fd, offset, length), or None.
+
+        The same read path as read(), for callers that can copy from a file
+        descriptor themselves; None means "call read()".
+        """
+        return self._readers[handle][0].span(size, offset)
+
     def entry_of(self, handle):
         """The Entry an open handle was opened on (for fstat on an open file)."""
         return self._readers[handle][1]
