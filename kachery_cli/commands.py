@@ -77,6 +77,8 @@ def configure_logging():
 def store_command(paths, algorithm, label, as_json, upload, upload_only, mount_path, mount_point,
                   storage_dir, remotes):
     """Store files and directories; print one URL per PATH."""
+    if label is not None and "/" in label:  # SPEC §1: it would read as a path in the URL
+        raise ValueError(f"--label {label!r}: a label may not contain '/'")
     kachery = make_kachery(storage_dir, remotes)
     progress = Progress.maybe("storing")
 

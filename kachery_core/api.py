@@ -37,6 +37,8 @@ def store_file(path, basename=None, algorithm="sha1", **options):
 
 def store_dir(dirpath, label=None, **options):
     """Snapshot a directory; return ``sha1dir://<h>.<label>``."""
+    if label is not None and "/" in label:  # SPEC §1: it would read as a path in the URL
+        raise ValueError(f"label {label!r} may not contain '/'")
     kachery = client(options.get("storage_dir"), options.get("remotes"))
     digest, _ = _store(kachery, lambda batch: kachery.store_dir(dirpath, batch), options)
     label = label if label is not None else os.path.basename(os.path.abspath(dirpath))
