@@ -104,6 +104,12 @@ def test_store_dir_and_read_dir(tmp_path):
         ka.load_bytes(url + "/sub")
 
 
+def test_store_dir_label_with_slash_is_rejected(tmp_path):
+    write_tree(tmp_path / "d", {"f": b"f"})
+    with pytest.raises(ValueError):
+        ka.store_dir(tmp_path / "d", label="a/b")
+
+
 def test_get_file_info(tmp_path, storage_dir):
     url = ka.store_text("info me")
     info = ka.get_file_info(url)

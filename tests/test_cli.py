@@ -120,6 +120,12 @@ def test_label_option(store, sample_dir):
     assert url == f"sha1dir://{tree_sha1(SAMPLE)}.my label.v2"
 
 
+def test_label_with_slash_is_rejected(run_cli, storage_dir, sample_dir):
+    """SPEC §1: a label may contain any character but '/' (it would read as a path)."""
+    assert_clean_error(run_cli("kachery-store", "--label", "a/b", sample_dir), 2, "label")
+    assert not os.path.exists(storage_dir / "sha1")
+
+
 def test_symlinks_are_followed(store, tmp_path):
     real = tmp_path / "real"
     write_tree(real, {"target-dir": {"x": b"inside"}, "target.txt": b"pointed at"})
