@@ -103,6 +103,11 @@ def test_sha1dir_dot_segments_rejected(path):
     assert text in str(info.value)
 
 
+def test_sha1dir_nul_in_path_rejected():
+    with pytest.raises(InvalidURL):
+        parse_url(f"sha1dir://{H40}.lbl/a\0b")
+
+
 def test_dotted_names_that_are_not_dot_segments_are_fine():
     url = parse_url(f"sha1dir://{H40}/...x/.hidden/a..b")
     assert url.path_parts == ("...x", ".hidden", "a..b")
