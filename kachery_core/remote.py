@@ -417,10 +417,13 @@ def _reason(response):
 
 
 def _describe(error):
+    """A few words for a network error (requests' own texts are long and nested)."""
     text = str(error)
-    for marker in ("Connection refused", "timed out", "Name or service not known", "reset by peer"):
+    for marker in ("Connection refused", "timed out", "Name or service not known", "reset by peer",
+                   "certificate verify failed", "wrong version number"):
         if marker in text:
-            return marker.lower()
+            prefix = "TLS " if isinstance(error, requests.exceptions.SSLError) else ""
+            return prefix + marker.lower()
     return type(error).__name__
 
 

@@ -172,6 +172,10 @@ def client_env(storage, remote, token=""):
 
 # ------------------------------------------------------------ measurements
 
+def _gib(size):
+    return f"{size / (1 << 30):g} GiB"
+
+
 def bench_download(scratch, big, digest, server, repeat):
     out = os.path.join(scratch, "curl.out")
     client = os.path.join(scratch, "client-store")
@@ -188,7 +192,7 @@ def bench_download(scratch, big, digest, server, repeat):
     baseline = max(result["curl -o"][0], result["openssl dgst -sha1"][0])
     slower = "curl -o" if result["curl -o"][0] >= result["openssl dgst -sha1"][0] else "openssl"
     detail = f"curl {result['curl -o'][0]:.2f} s, openssl {result['openssl dgst -sha1'][0]:.2f} s"
-    return [("1 GiB download: kachery-load vs max(curl -o, openssl sha1)",
+    return [(f"{_gib(os.path.getsize(big))} download: kachery-load vs max(curl -o, openssl sha1)",
              f"{ours:.2f} s", f"{baseline:.2f} s ({slower}; {detail})",
              f"{ours / baseline:.2f}x", "<= 1.25x", ours / baseline <= 1.25)]
 
@@ -221,7 +225,7 @@ def bench_upload(scratch, big, digest, repeat):
         result = median_times(runners, repeat, before_each=lambda _: (remove(storage), remove(client)))
     remove(storage), remove(client)
     ours, theirs = result["kachery-store --upload-only"][0], result["openssl + curl -T"][0]
-    return [("1 GiB upload: kachery-store --upload-only vs openssl sha1 + curl -T",
+    return [(f"{_gib(os.path.getsize(big))} upload: kachery-store --upload-only vs openssl sha1 + curl -T",
              f"{ours:.2f} s", f"{theirs:.2f} s", f"{ours / theirs:.2f}x", "<= 1.1x", ours / theirs <= 1.1)]
 
 
@@ -253,8 +257,9 @@ def bench_memory(scratch, digest, storage, clients):
         elapsed = time.perf_counter() - started
         peak = max(peak, _rss_mb(server.process.pid, "VmHWM"))
         failed = sum(d.returncode != 0 for d in downloads)
-    note = f"{clients} x 1 GiB in {elapsed:.1f} s" + (f", {failed} FAILED" if failed else "")
-    return [(f"server RSS, {clients} concurrent 1 GiB downloads", f"{peak:.0f} MB", note, "",
+    size = os.path.getsize(os.path.join(storage, object_rel(digest)))
+    note = f"{clients} x {_gib(size)} in {elapsed:.1f} s" + (f", {failed} FAILED" if failed else "")
+    return [(f"server RSS, {clients} concurrent downloads", f"{peak:.0f} MB", note, "",
              "< 150 MB", peak < 150 and not failed)]
 
 

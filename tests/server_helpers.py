@@ -108,11 +108,11 @@ def _wait_for_banner(popen, log_path, pattern, timeout=15):
         raise RuntimeError(f"server did not start: {file.read().decode(errors='replace')}")
 
 
-def _wait_until_answering(url, timeout=10):
+def _wait_until_answering(url, timeout=10, verify=True):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            requests.get(f"{url}/sha1/00/00/00/{'0' * 40}", timeout=1)
+            requests.get(f"{url}/sha1/00/00/00/{'0' * 40}", timeout=1, verify=verify)
             return
         except requests.ConnectionError:
             time.sleep(0.02)
@@ -127,7 +127,7 @@ class Servers:
         self.started = []
         self.count = 0
 
-    def kachery(self, storage=None, private=False, max_upload=None, extra=()):
+    def kachery(self, storage=None, private=False, max_upload=None, extra=(), tls_ca=None):
         """Start kachery-server with a write token and a read-only token."""
         self.count += 1
         base = self.tmp_path / f"server{self.count}"
@@ -143,7 +143,7 @@ class Servers:
         process = self._start([command_path("kachery-server"), *args, *extra], base, _BANNER, storage)
         process.write_token, process.read_token = write_token, read_token
         process.config = str(config)
-        _wait_until_answering(process.url)
+        _wait_until_answering(process.url, verify=tls_ca or True)
         return process
 
     def static(self, directory):

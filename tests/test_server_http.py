@@ -3,8 +3,10 @@ bad input, concurrency, and what a kill or a SIGTERM leaves behind."""
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -440,3 +442,28 @@ def test_api_upload_needs_write_permission_and_length(shared_server):
     assert requests.post(f"{server.url}/api/upload", data=iter([body]),
                          headers=auth(server.write_token)).status_code == 411
     assert_nothing_stored(server, sha1(data))
+
+
+# --------------------------------------------------------------------- TLS
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_serves_and_verifies(servers, tmp_path, monkeypatch):
+    from kachery_core.config import Remote
+    from kachery_core.errors import RemoteUnavailable
+    from kachery_core.remote import RemoteSet
+    from kachery_core.store import LocalStore
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    server = servers.kachery(extra=["--tls-cert", str(cert), "--tls-key", str(key)], tls_ca=str(cert))
+    assert server.url.startswith("https://")
+    digest = put_local(server.storage, DATA)
+    url = f"{server.url}/{object_rel(digest)}"
+    assert requests.get(url, verify=str(cert), headers={"Range": "bytes=-5"}).content == DATA[-5:]
+    with pytest.raises(RemoteUnavailable, match="certificate verify failed"):
+        RemoteSet([Remote(server.url)], backoff=0.01).download("sha1", digest, LocalStore(tmp_path / "a"))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    path = RemoteSet([Remote(server.url)]).download("sha1", digest, LocalStore(tmp_path / "b"))
+    assert open(path, "rb").read() == DATA
