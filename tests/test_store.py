@@ -272,3 +272,30 @@ def test_temps_of_a_live_process_are_kept(store):
     os.utime(live, (two_hours_ago, two_hours_ago))
     store.remove_stale_temps(older_than=3600)
     assert os.path.exists(live)
+
+
+def test_flushes_are_batched_and_ordered(store, monkeypatch):
+    """SPEC §2: file data flushed before the renames, directories after, once per
+    command (not one synchronous flush per file)."""
+    import kachery_core.store as store_module
+
+    calls = []
+    blobs = [b"object %d" % i for i in range(50)]
+    digests = [hashlib.sha1(blob).hexdigest() for blob in blobs]
+
+    def record(paths, root):
+        published = sum(store.has("sha1", digest) for digest in digests)
+        calls.append((list(paths), published))
+
+    monkeypatch.setattr(store_module, "flush_paths", record)
+    with WriteBatch(store) as batch:
+        for blob in blobs:
+            ingest.store_data(batch, blob)
+    assert len(calls) == 2
+    (data_paths, published_before), (dir_paths, published_after) = calls
+    assert published_before == 0 and published_after == 50
+    assert len(data_paths) == 50 and all(os.path.dirname(p).endswith("tmp") for p in data_paths)
+    assert set(dir_paths) == {os.path.dirname(store.object_path("sha1", d)) for d in digests}
+    with WriteBatch(store) as batch:  # nothing new to write: no flush at all
+        ingest.store_data(batch, blobs[0])
+    assert len(calls) == 2
