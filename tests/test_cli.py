@@ -273,11 +273,18 @@ def test_kachery_group_is_the_same_command(run_cli, storage_dir, sample_dir):
 
 # ------------------------------------------------------------- load / info
 
+def put_tree(root, spec):
+    """Write the objects of a snapshot of ``spec`` by hand; return the manifest sha1
+    (the bytes kachery-store writes, as test_store_and_load_nested_tree checks)."""
+    for value in spec.values():
+        put_tree(root, value) if isinstance(value, dict) else put_object(root, value)
+    return put_object(root, tree_to_manifest_json(spec).encode())
+
+
 @pytest.fixture
-def own_sample(store, sample_dir):
-    """SAMPLE stored in this test's own store (for tests that damage the store)."""
-    (url,) = store(sample_dir)
-    return url
+def own_sample(storage_dir):
+    """SAMPLE in this test's own store (for tests that damage the store)."""
+    return f"sha1dir://{put_tree(storage_dir, SAMPLE)}.sample"
 
 
 @pytest.fixture(scope="module")
@@ -418,10 +425,9 @@ def test_cat_into_head_exits_cleanly(run_cli, storage_dir, large_file, tmp_path)
     assert (tmp_path / "err").read_bytes() == b""
 
 
-def test_ls_into_head_exits_cleanly(store, tmp_path):
-    src = tmp_path / "flat"
-    write_tree(src, {f"f{i:05}": b"" for i in range(5000)})  # more than a pipe buffer of names
-    (url,) = store(src)
+def test_ls_into_head_exits_cleanly(storage_dir, tmp_path):
+    spec = {f"f{i:05}": b"" for i in range(5000)}  # more than a pipe buffer of names
+    url = f"sha1dir://{put_tree(storage_dir, spec)}"
     script = f'kachery-ls -l "{url}" 2>"{tmp_path}/err" | head -n 1; echo "status=${{PIPESTATUS[0]}}"'
     result = subprocess.run(["bash", "-c", script], capture_output=True, timeout=60)
     assert result.stdout.decode().split() == ["0", "f00000", "status=0"]
