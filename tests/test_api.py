@@ -12,6 +12,7 @@ import pytest
 import kachery_core as ka
 from kachery_core.errors import IsADirectoryInSnapshot, NotADirectoryInSnapshot
 
+from tree_helpers import storage_dir  # noqa: F401  (tmpfs store)
 from tree_helpers import object_path, tree_sha1, tree_to_manifest_json, write_tree
 
 

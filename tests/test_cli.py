@@ -11,7 +11,9 @@ import time
 import pytest
 
 from conftest import _command_path
+from tree_helpers import storage_dir  # noqa: F401  (tmpfs store)
 from tree_helpers import (
+    fast_root,
     files_outside,
     list_objects,
     object_path,
@@ -289,13 +291,14 @@ def own_sample(storage_dir):
 
 @pytest.fixture(scope="module")
 def _shared_sample(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shared")
+    root = fast_root() or tmp_path_factory.mktemp("shared")
     write_tree(root / "sample", SAMPLE)
     env = {"KACHERY_STORAGE_DIR": str(root / "storage"), "KACHERY_CONFIG": str(root / "none.toml")}
     result = subprocess.run([_command_path("kachery-store"), str(root / "sample")],
                             env=_clean_env(env), capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    return result.stdout.decode().strip(), env
+    yield result.stdout.decode().strip(), env
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _clean_env(overrides):

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import _command_path
+from tree_helpers import storage_dir  # noqa: F401  (tmpfs store)
 from tree_helpers import list_objects, tree_sha1, write_tree
 
 WRITERS = 8

@@ -11,12 +11,13 @@ from kachery_core import ingest
 from kachery_core.manifest import dir_manifest_bytes, parse_file_manifest
 from kachery_core.store import LocalStore, WriteBatch
 
+from tree_helpers import storage_dir  # noqa: F401  (tmpfs store)
 from tree_helpers import tree_to_manifest_json, write_tree
 
 
 @pytest.fixture
-def store(tmp_path):
-    return LocalStore(tmp_path / "store")
+def store(storage_dir):
+    return LocalStore(storage_dir)
 
 
 class CountingFile(io.FileIO):

@@ -14,6 +14,7 @@ from kachery_core.errors import InvalidHash, ObjectNotFound
 from kachery_core.store import LocalStore, WriteBatch
 from kachery_core.verify import verify_store
 
+from tree_helpers import storage_dir  # noqa: F401  (tmpfs store)
 from tree_helpers import list_objects, object_path, put_object
 
 H = hashlib.sha1(b"x").hexdigest()
@@ -33,8 +34,8 @@ BAD_DIGESTS = [
 
 
 @pytest.fixture
-def store(tmp_path):
-    return LocalStore(tmp_path / "store")
+def store(storage_dir):
+    return LocalStore(storage_dir)
 
 
 def temp_files(store):
