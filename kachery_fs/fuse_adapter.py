@@ -114,9 +114,17 @@ class PackedListing:
 
     def __init__(self, children, uid, gid):
         self.names = [name.encode("utf-8", "surrogateescape") for name, _ in children]
-        self.stats = (mfusepy.c_stat * len(children))()
-        for st, (_, entry) in zip(self.stats, children):
-            fill_stat(st, entry, uid, gid)
+        self.stats = stats = (mfusepy.c_stat * len(children))()
+        # Entries of one directory share owner, block size and times: copy a
+        # filled template (a C struct copy) and set only what differs.
+        template = mfusepy.c_stat()
+        fill_stat(template, children[0][1], uid, gid)
+        for index, (_, entry) in enumerate(children):
+            stats[index] = template
+            if entry.mtime_ns == children[0][1].mtime_ns:
+                _fill_identity(stats[index], entry)
+            else:
+                fill_stat(stats[index], entry, uid, gid)
 
     def __len__(self):
         return len(self.names)
@@ -297,18 +305,23 @@ def _fill(filler, buf, packed, offset, plus_flag):
 
 def fill_stat(st, entry, uid, gid):
     """Write an Entry's attributes into a C ``struct stat``."""
-    st.st_mode = entry.mode
-    st.st_ino = entry.inode
-    st.st_nlink = entry.nlink
+    _fill_identity(st, entry)
     st.st_uid = uid
     st.st_gid = gid
-    st.st_size = entry.size
     st.st_blksize = BLOCK_SIZE
-    st.st_blocks = (entry.size + 511) // 512  # du counts 512-byte blocks
     seconds, nanoseconds = divmod(entry.mtime_ns, 1_000_000_000)
     for stamp in (st.st_atimespec, st.st_mtimespec, st.st_ctimespec):
         stamp.tv_sec = seconds
         stamp.tv_nsec = nanoseconds
+
+
+def _fill_identity(st, entry):
+    """The fields that differ between entries of one directory."""
+    st.st_mode = entry.mode
+    st.st_ino = entry.inode
+    st.st_nlink = entry.nlink
+    st.st_size = entry.size
+    st.st_blocks = (entry.size + 511) // 512  # du counts 512-byte blocks
 
 
 def mount_options(allow_other=False, debug=False):
