@@ -11,6 +11,9 @@ def export_file(kachery, algorithm, digest, dest):
     source = kachery.local_path(algorithm, digest)
     partial = _partial_name(dest)
     try:
+        # Create the temp name ourselves (O_EXCL): copyfile would write through a
+        # symbolic link planted under that name in a shared directory.
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         shutil.copyfile(source, partial)
         os.replace(partial, dest)
     except BaseException:
