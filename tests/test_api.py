@@ -169,3 +169,25 @@ def test_core_does_not_import_the_edges():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().strip() == ""
+
+
+def test_export_never_writes_through_a_planted_symlink(tmp_path):
+    """kachery-load --dest into a shared directory: a symbolic link planted under
+    the temporary name must not redirect the write to another file."""
+    from kachery_core.client import Kachery
+    from kachery_core.export import _partial_name, export_file
+
+    url = ka.store_text("payload")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    dest = tmp_path / "shared" / "out.txt"
+    dest.parent.mkdir()
+    os.symlink(victim, _partial_name(dest))
+    kachery = Kachery()
+    try:
+        export_file(kachery, "sha1", url.split("/")[2], dest)
+    except OSError:
+        pass  # refusing is fine; writing through the link is not
+    assert victim.read_bytes() == b"precious"
+    export_file(kachery, "sha1", url.split("/")[2], dest)  # the planted link is gone now
+    assert dest.read_bytes() == b"payload"
