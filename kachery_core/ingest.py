@@ -85,10 +85,9 @@ def store_data(batch, data, algorithm="sha1"):
 
 def _store_large(batch, source, algorithm):
     if getattr(batch, "by_reference", False):
-        # The batch reads the source file itself later (kachery-store
-        # --upload-only uploads from it): hash in place, make no local copy.
-        size, digest, chunks = _copy_and_hash(source, None, algorithm)
-        batch.add_reference(source.name, algorithm, digest)
+        # A batch that keeps no local copy (kachery-store --upload-only, see
+        # upload.py) hashes the file in place and sends it from there.
+        size, digest, chunks = batch.hash_in_place(source, algorithm)
     else:
         size, digest, chunks = _copy_to_temp(batch, source, algorithm)
     if not chunks or len(chunks) < 2:
@@ -112,7 +111,7 @@ def _copy_to_temp(batch, source, algorithm):
 
 
 def _copy_and_hash(source, fd, algorithm):
-    """Copy ``source`` to ``fd`` (None: hash only) while hashing; return (size, digest, chunks).
+    """Copy ``source`` to ``fd`` while hashing; return (size, digest, chunks).
 
     Two single-thread workers run decoupled from each other and from the
     reader: one feeds the whole-file hash, the other hashes each chunk and
@@ -178,12 +177,11 @@ def _retire(in_flight, results):
 
 
 def _write_chunk(fd, block, offset, want_chunk):
-    """Write one block at the end of ``fd`` (unless None); return its Chunk (or None)."""
+    """Write one block at the end of ``fd``; return its Chunk (or None)."""
+    _write_all(fd, block)
     end = offset + len(block)
-    if fd is not None:
-        _write_all(fd, block)
-        if end // WRITEBACK_STEP != offset // WRITEBACK_STEP:
-            start_writeback(fd, 0, 0)  # get the disk busy now, not at the final flush
+    if end // WRITEBACK_STEP != offset // WRITEBACK_STEP:
+        start_writeback(fd, 0, 0)  # get the disk busy now, not at the final flush
     if not want_chunk:
         return None
     return Chunk(offset, end, digest_bytes("sha1", block))
