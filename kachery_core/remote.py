@@ -181,10 +181,18 @@ class RemoteSet:
         found was corrupt), AccessDenied (refused and not found elsewhere),
         RemoteUnavailable (no remote could be reached).
         """
-        outcome = _Outcome(f"{algorithm}://{digest}")
+        return self._failover(f"{algorithm}://{digest}", lambda remote: self._download_from(
+            remote, algorithm, digest, store, progress))
+
+    def _failover(self, what, attempt):
+        """``attempt(remote)`` on each live remote in order: the first result wins.
+
+        Raises the most useful error of the failed attempts (see _Outcome).
+        """
+        outcome = _Outcome(what)
         for remote in self._live():
             try:
-                return self._download_from(remote, algorithm, digest, store, progress)
+                return attempt(remote)
             except (ObjectNotFound, HashMismatch, AccessDenied, RemoteRejected) as error:
                 outcome.note(error)
             except RemoteUnavailable as error:
@@ -225,15 +233,7 @@ class RemoteSet:
         that do not match it are never returned. Raises like :meth:`download`.
         """
         what = f"{target.algorithm}://{target.digest} bytes {chunk.start}-{chunk.end - 1}"
-        outcome = _Outcome(what)
-        for remote in self._live():
-            try:
-                return self._chunk_from(remote, target, chunk, what)
-            except (ObjectNotFound, HashMismatch, AccessDenied, RemoteRejected) as error:
-                outcome.note(error)
-            except RemoteUnavailable as error:
-                outcome.unavailable.append(error)
-        raise outcome.failure(self.remotes)
+        return self._failover(what, lambda remote: self._chunk_from(remote, target, chunk, what))
 
     def _chunk_from(self, remote, target, chunk, what):
         path = object_path(target.algorithm, target.digest)
@@ -253,7 +253,7 @@ class RemoteSet:
         got = digest_bytes("sha1", memoryview(data)[:count])
         if got != chunk.sha1:
             raise HashMismatch(chunk.sha1, got, f"chunk of {path} from {remote.url}")
-        return bytes(data)
+        return bytes(memoryview(data)[:count])
 
     # ------------------------------------------------------------ uploads
 

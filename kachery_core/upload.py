@@ -10,16 +10,22 @@ up only after everything it refers to is there: a URL never resolves on the
 server to something the server cannot serve.
 
 With ``keep_local=False`` nothing is published locally and nothing is copied:
-small objects are kept in memory (up to a budget), large files are only hashed
-(``by_reference``, a hook in ingest) and uploaded straight from the source
-file; if it changes in between, the server's verification refuses it.
+small objects are kept in memory (up to a budget); a large regular file is
+hashed in place (ingest calls :meth:`RecordingBatch.hash_in_place`), and its
+upload starts as soon as its digest is known, while the chunk hashes of its
+file manifest are computed — so the file is sent about as soon as `openssl
+dgst` would have finished, straight from the source.
 """
 
 import os
+import stat
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
+from . import ingest
 from .errors import ConfigError
+from .hashing import digest_bytes, new_hasher
+from .manifest import Chunk
 from .store import WriteBatch
 
 #: Parallel upload requests.
@@ -31,31 +37,33 @@ BATCH_BYTES = 8 * 1024 * 1024
 SMALL_OBJECT = 1024 * 1024
 #: With keep_local=False, small objects up to this many bytes in all stay in memory.
 MEMORY_BUDGET = 256 * 1024 * 1024
+#: Read size of the in-place hash passes.
+READ_BLOCK = 8 * 1024 * 1024
 
 
 class RecordingBatch(WriteBatch):
     """A WriteBatch that also remembers every object the action produced.
 
     ``recorded`` maps (algorithm, digest) to where its bytes are: a temp file
-    path, the bytes themselves, or None when the object was already stored.
-    Insertion order is write order. With ``upload_only`` small objects stay in
-    memory and large files are referenced in place (ingest sees
-    ``by_reference`` and calls ``add_reference`` instead of copying them).
+    path, the bytes themselves, or None when the object was already stored
+    (or is referenced in place). Insertion order is write order.
+
+    With ``remotes`` (a Future of the RemoteSet: keep_local=False) small
+    objects stay in memory and large regular files are hashed in place and
+    uploaded early (ingest sees ``by_reference``).
     """
 
-    def __init__(self, store, upload_only=False):
+    def __init__(self, store, remotes=None, progress=None):
         super().__init__(store)
+        self.progress = progress
         self.recorded = {}
         self.committed = False
-        self.by_reference = upload_only
+        self.by_reference = remotes is not None
+        self._remotes = remotes
         self._references = {}
-        self._memory_left = MEMORY_BUDGET if upload_only else 0
-
-    def add_reference(self, source_path, algorithm, digest):
-        """Record a large object whose bytes stay in ``source_path`` (upload_only)."""
-        key = (algorithm, digest)
-        self._references.setdefault(key, os.path.abspath(os.fspath(source_path)))
-        self.recorded.setdefault(key, None)
+        self._early = {}  # (algorithm, digest) -> Future of its upload
+        self._pool = None
+        self._memory_left = MEMORY_BUDGET if remotes is not None else 0
 
     def add(self, temp_path, algorithm, digest):
         super().add(temp_path, algorithm, digest)
@@ -73,6 +81,47 @@ class RecordingBatch(WriteBatch):
         else:
             super().write_bytes(data, algorithm, digest)
 
+    # ------------------------------------------------------ large files
+
+    def hash_in_place(self, source, algorithm):
+        """Ingest's hook for a large file: (size, digest, chunks) without a copy.
+
+        Pass one hashes the whole file; its upload then starts in the
+        background while pass two hashes the chunks of its file manifest.
+        A pipe or other non-regular file is copied to a temp file instead.
+        Raises OSError if the file changes in between.
+        """
+        before = os.fstat(source.fileno())
+        if not stat.S_ISREG(before.st_mode):
+            return ingest._copy_to_temp(self, source, algorithm)
+        size, digest = _hash_whole(source, algorithm)
+        key = (algorithm, digest)
+        self._references.setdefault(key, os.path.abspath(source.name))
+        self.recorded.setdefault(key, None)
+        self._upload_early(key)
+        chunks = _hash_chunks(source) if algorithm == "sha1" else []
+        after = os.fstat(source.fileno())
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or size != before.st_size:
+            raise OSError(f"{source.name} changed while it was being stored")
+        return size, digest, chunks
+
+    def _upload_early(self, key):
+        if key in self._early:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-early")
+        remotes = self._remotes.result()
+        self._early[key] = self._pool.submit(_upload_if_missing, remotes, *key,
+                                             self._references[key], self.progress)
+
+    def wait_early(self):
+        """Wait for the early uploads; raise the first failure; return their keys."""
+        for future in self._early.values():
+            future.result()
+        return set(self._early)
+
+    # -------------------------------------------------------- lifecycle
+
     def commit(self):
         """Publish temp files and in-memory objects (for keep_local)."""
         for (algorithm, digest), source in list(self.recorded.items()):
@@ -84,7 +133,11 @@ class RecordingBatch(WriteBatch):
     def discard(self):
         """Drop everything, in-memory objects too (a later commit publishes nothing)."""
         super().discard()
-        self.recorded, self._references = {}, {}
+        for future in self._early.values():
+            future.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self.recorded, self._references, self._early = {}, {}, {}
 
     def source_of(self, algorithm, digest):
         """The object's bytes (bytes) or a path where they can be read now."""
@@ -107,27 +160,32 @@ def store_and_upload(kachery, action, keep_local=True, progress=None, workers=UP
     RemoteUnavailable). With ``keep_local`` the objects are committed locally
     before uploading; without it nothing new stays in the local store.
     """
-    remotes = kachery.remotes
-    if not remotes:
+    if not kachery.config.remotes and not kachery.remotes:
         raise ConfigError("no remote to upload to: set KACHERY_REMOTE or [[remotes]] in the config file")
-    with RecordingBatch(kachery.store, upload_only=not keep_local) as batch:
-        result = action(batch)
-        if keep_local:
-            batch.commit()
-        upload_recorded(remotes, batch, _serialized(progress), workers)
-        if not keep_local:
-            batch.discard()
+    # Importing the HTTP client takes ~0.3 s: do it while the action hashes.
+    remotes = _in_background(lambda: kachery.remotes)
+    progress = _serialized(progress)
+    with RecordingBatch(kachery.store, None if keep_local else remotes, progress) as batch:
+        try:
+            result = action(batch)
+            if keep_local:
+                batch.commit()
+            upload_recorded(remotes.result(), batch, progress, workers)
+        finally:
+            if not keep_local:
+                batch.discard()
     return result
 
 
 def upload_recorded(remotes, batch, progress=None, workers=UPLOAD_WORKERS):
     """Upload the batch's objects the remote lacks; the last-written one goes last."""
-    objects = list(batch.recorded)
-    present = remotes.has_many(objects)
+    done = batch.wait_early()
+    objects = [obj for obj in batch.recorded if obj not in done]
+    present = remotes.has_many(objects) if objects else set()
     missing = [obj for obj in objects if obj not in present]
     if not missing:
         return
-    last = missing.pop() if missing[-1] == objects[-1] else None
+    last = missing.pop() if missing[-1] == list(batch.recorded)[-1] else None
     upload_all(remotes, [(*obj, batch.source_of(*obj)) for obj in missing], progress, workers)
     if last:
         upload_all(remotes, [(*last, batch.source_of(*last))], progress, workers=1)
@@ -155,6 +213,37 @@ def upload_all(remotes, items, progress=None, workers=UPLOAD_WORKERS):
             future.result()  # re-raises the first failure
 
 
+def _upload_if_missing(remotes, algorithm, digest, path, progress):
+    if (algorithm, digest) not in remotes.has_many([(algorithm, digest)]):
+        remotes.upload(algorithm, digest, path, progress)
+
+
+def _hash_whole(source, algorithm):
+    """(size, hex digest) of an open file, read from the start."""
+    hasher = new_hasher(algorithm)
+    buffer = bytearray(READ_BLOCK)
+    view = memoryview(buffer)
+    size = 0
+    source.seek(0)
+    while count := source.readinto(buffer):
+        hasher.update(view[:count])
+        size += count
+    return size, hasher.hexdigest()
+
+
+def _hash_chunks(source):
+    """The file-manifest Chunks of an open file, with ingest's boundaries
+    (every ingest.CHUNK_SIZE bytes), so the manifest and hence the URL are
+    the same as when the file is stored locally."""
+    chunks = []
+    buffer = bytearray(ingest.CHUNK_SIZE)
+    source.seek(0)
+    while count := ingest._read_full(source, buffer):
+        start = chunks[-1].end if chunks else 0
+        chunks.append(Chunk(start, start + count, digest_bytes("sha1", memoryview(buffer)[:count])))
+    return chunks
+
+
 def _batches(sized):
     """Groups of small items, each within BATCH_COUNT objects and BATCH_BYTES."""
     group, group_bytes = [], 0
@@ -172,6 +261,14 @@ def _batches(sized):
 
 def _size(source):
     return len(source) if isinstance(source, bytes) else os.path.getsize(source)
+
+
+def _in_background(function):
+    """Start ``function()`` on a thread; return a Future of its result."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kachery-prepare")
+    future = pool.submit(function)
+    pool.shutdown(wait=False)
+    return future
 
 
 def _serialized(progress):

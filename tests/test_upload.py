@@ -220,3 +220,24 @@ def test_300_mb_file_round_trip(servers, env, run_cli, tmp_path):
             assert got.read(1 << 24) == block
             if not block:
                 break
+
+
+def test_upload_only_gives_the_same_url_as_a_local_store(servers, env, run_cli, tmp_path):
+    server = servers.kachery()
+    big = tmp_path / "big.bin"
+    big.write_bytes(pseudo_random(13 * 1000 * 1000, 6))  # 4 chunks, the last one short
+    local = ok(run_cli("kachery-store", big, env=env("L", "")))
+    remote = ok(run_cli("kachery-store", "--upload-only", big, env=env("A", server.url, server.write_token)))
+    assert remote == local and "?manifest=" in remote
+    result = run_cli("kachery-cat", remote, "--start", 12_000_000, env=env("B", server.url))
+    assert result.stdout == big.read_bytes()[12_000_000:]
+
+
+def test_upload_only_from_a_pipe(servers, env, run_cli, tmp_path):
+    server = servers.kachery()
+    data = pseudo_random(6 * 1000 * 1000, 7)
+    a = env("A", server.url, server.write_token)
+    url = ok(run_cli("kachery-store", "--upload-only", "/dev/stdin", input=data, env=a))
+    assert stored_objects(a["KACHERY_STORAGE_DIR"]) == []
+    path = ok(run_cli("kachery-load", url, env=env("B", server.url)))
+    assert open(path, "rb").read() == data
