@@ -15,7 +15,7 @@ import click
 from kachery_core.client import DirTarget, Kachery
 from kachery_core.config import Remote, load_config
 
-from .exit_codes import ExitStatus, run_reporting_errors
+from .exit_codes import ExitStatus, run_click_command
 from .exit_codes import _silence_stdout as silence_stdout
 from .progress import Progress
 
@@ -138,7 +138,7 @@ def load_command(url, dest, storage_dir, remotes):
     if dest:
         path = export_file(kachery, target.algorithm, target.digest, dest)
     else:
-        path = kachery.local_path(target.algorithm, target.digest)
+        path = kachery.file_path(target)
     click.echo(os.path.abspath(path))
 
 
@@ -225,7 +225,7 @@ def cat_command(url, start, end, storage_dir, remotes):
     sys.stdout.flush()
     try:
         if kachery.store.has(target.algorithm, target.digest) or not target.manifest:
-            path = kachery.local_path(target.algorithm, target.digest)
+            path = kachery.file_path(target)
             _send_file(path, start, end, sys.stdout.fileno())
         else:
             for block in kachery.iter_bytes(target, start, end):
@@ -335,7 +335,7 @@ COMMANDS = {
 def _entry_point(command, name):
     def main():
         configure_logging()
-        run_reporting_errors(command.main, prog_name=name)
+        run_click_command(command, name)
     return main
 
 

@@ -102,6 +102,41 @@ def run_reporting_errors(body, *args, **kwargs):
         sys.exit(70)
 
 
+def run_click_command(command, prog_name):
+    """Entry point body of a command: click parsing, then our error contract.
+
+    click runs with ``standalone_mode=False`` so that usage errors and Ctrl-C
+    come back to us: a bad option is one ``kachery: error:`` line with exit 2
+    (not click's usage block), Ctrl-C is exit 130 (not click's 'Aborted!', 1).
+    """
+    import click
+
+    no_args_is_help = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+    def invoke():
+        try:
+            status = command.main(prog_name=prog_name, standalone_mode=False)
+        except no_args_is_help as error:  # bare `kachery`: show the help, not an error
+            sys.stdout.write(error.format_message() + "\n")
+            sys.exit(ExitStatus.OK)
+        except click.UsageError as error:
+            hint = f" (see {prog_name} --help)"
+            sys.stderr.write(f"kachery: error: {_one_line(error.format_message())}{hint}\n")
+            sys.exit(ExitStatus.INVALID_INPUT)
+        except click.ClickException as error:
+            sys.stderr.write(f"kachery: error: {_one_line(error.format_message())}\n")
+            sys.exit(error.exit_code)
+        except click.Abort:
+            raise KeyboardInterrupt from None
+        sys.exit(status if isinstance(status, int) else ExitStatus.OK)
+
+    run_reporting_errors(invoke)
+
+
+def _one_line(text):
+    return " ".join(text.split())
+
+
 def _silence_stdout():
     """After EPIPE (e.g. `kachery-cat ... | head`), make the exit-time flush quiet."""
     import os

@@ -9,13 +9,13 @@ import importlib
 import click
 
 from .commands import COMMANDS, configure_logging
-from .exit_codes import run_reporting_errors
+from .exit_codes import run_click_command
 
 # name -> (module, attribute) of commands imported on demand
 _LAZY = {
     "mount": ("kachery_fs.cli", "mount_command"),
     "unmount": ("kachery_fs.cli", "unmount_command"),
-    "server": ("kachery_server.cli", "server_command"),
+    "server": ("kachery_server.cli", "server_main"),
 }
 
 
@@ -40,4 +40,4 @@ def kachery_group():
 
 def cli():
     configure_logging()
-    run_reporting_errors(kachery_group.main, prog_name="kachery")
+    run_click_command(kachery_group, "kachery")

@@ -86,7 +86,7 @@ def load_file(url, dest=None, **options):
     """
     kachery = client(options.get("storage_dir"), options.get("remotes"))
     target = kachery.resolve_file(url)
-    path = kachery.local_path(target.algorithm, target.digest)
+    path = kachery.file_path(target)
     if dest is None:
         return path
     shutil.copyfile(path, dest)
@@ -153,7 +153,7 @@ def file_info(kachery, url):
         return {"url": str(parsed), "type": "dir", "sha1dir": parsed.hash,
                 "files": count, "size": total}
     info = {"url": str(parsed), "type": "file",
-            "path": kachery.local_path(target.algorithm, target.digest),
+            "path": kachery.file_path(target),
             "size": target.size, target.algorithm: target.digest}
     if target.manifest:
         info["manifest"] = target.manifest

@@ -186,6 +186,21 @@ class Kachery:
             return self.fetcher.object_path(algorithm, digest)
         raise ObjectNotFound(f"{algorithm}://{digest}", self._where())
 
+    def file_path(self, target):
+        """Local path of a FileTarget's object, checked to have the target's size.
+
+        The object's bytes match its hash, but a snapshot entry could still
+        claim another size; serving it would silently truncate or overrun, so
+        such an entry is an invalid manifest (exit 3, EIO), never wrong bytes.
+        """
+        path = self.local_path(target.algorithm, target.digest)
+        actual = os.path.getsize(path)
+        if actual != target.size:
+            raise InvalidManifest(
+                f"{target.algorithm}://{target.digest}",
+                f"the snapshot says {target.size} bytes but the object has {actual}")
+        return path
+
     @property
     def fetcher(self):
         """The Fetcher over the remotes (None without remotes)."""
@@ -213,10 +228,10 @@ class Kachery:
         by chunk from the remotes (each chunk verified); any other file is
         located (downloaded whole and verified if needed) and read.
         """
-        path = self.find_local(target.algorithm, target.digest)
-        if path is None and target.manifest and self.fetcher is not None:
+        local = self.find_local(target.algorithm, target.digest)
+        if local is None and target.manifest and self.fetcher is not None:
             return self.fetcher.read(target, self.trusted_manifest(target), offset, size)
-        with open(path or self.local_path(target.algorithm, target.digest), "rb") as file:
+        with open(self.file_path(target), "rb") as file:
             return os.pread(file.fileno(), size, offset)
 
     def read_manifest_object(self, digest):

@@ -8,6 +8,7 @@ The layout is kachery 0.6.x's, so an existing storage directory works as is.
 """
 
 import os
+import socket
 import time
 import uuid
 
@@ -16,6 +17,8 @@ from .errors import ObjectNotFound
 from .hashing import is_valid_hash, validate_hash
 
 TEMP_DIR = "tmp"
+#: Host part of temp names (no dots: the name's fields are dot-separated).
+_HOST = socket.gethostname().replace(".", "_") or "localhost"
 
 
 class LocalStore:
@@ -59,7 +62,7 @@ class LocalStore:
         """A fresh path in the store's temp area (same file system as objects)."""
         temp_dir = os.path.join(self.root, TEMP_DIR)
         os.makedirs(temp_dir, exist_ok=True)
-        return os.path.join(temp_dir, f"{os.getpid()}.{uuid.uuid4().hex}.part")
+        return os.path.join(temp_dir, f"{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.part")
 
     def create_temp(self):
         """Create a new temp file; return (fd, path). The caller owns both."""
@@ -84,13 +87,18 @@ class LocalStore:
         return final
 
     def remove_stale_temps(self, older_than=24 * 3600):
-        """Delete temp files left by killed processes; return how many."""
-        temp_dir = os.path.join(self.root, TEMP_DIR)
+        """Delete temp files left by killed processes; return how many.
+
+        Temp names are ``<host>.<pid>.<random>.part``. A temp of this host is
+        removed when its process is gone (whatever its age: a live process may
+        still publish it); a temp of another host, or with an unknown name, is
+        removed only when it has not been written for ``older_than`` seconds,
+        since its process cannot be checked from here.
+        """
         cutoff = time.time() - older_than
         removed = 0
-        for entry in _scandir_or_empty(temp_dir):
-            pid = entry.name.split(".", 1)[0]
-            if entry.stat().st_mtime < cutoff or (pid.isdigit() and not _pid_alive(int(pid))):
+        for entry in _scandir_or_empty(os.path.join(self.root, TEMP_DIR)):
+            if _is_stale_temp(entry, cutoff):
                 _remove_quietly(entry.path)
                 removed += 1
         return removed
@@ -175,6 +183,17 @@ def _scandir_or_empty(path):
         return list(os.scandir(path))
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _is_stale_temp(entry, cutoff):
+    host, _, rest = entry.name.partition(".")
+    pid = rest.split(".", 1)[0]
+    if host == _HOST and pid.isdigit():
+        return not _pid_alive(int(pid))
+    try:
+        return entry.stat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
 
 
 def _pid_alive(pid):

@@ -442,9 +442,6 @@ def test_cat_end_before_start_is_invalid(run_cli, stored_sample):
     assert_clean_error(result, 2, "--end")
 
 
-@pytest.mark.xfail(strict=True, reason="click usage errors (bad option values) print click's "
-                   "multi-line usage block, not one 'kachery: error:' line; changing that means "
-                   "running click with standalone_mode=False in run_reporting_errors (design call)")
 def test_usage_errors_are_one_line(run_cli, stored_sample):
     result = run_cli("kachery-cat", f"{stored_sample}/top.txt", "--start", -1)
     assert_clean_error(result, 2)
@@ -665,10 +662,6 @@ def test_info_of_a_directory(run_cli, stored_sample):
     assert info["files"] == 2 and info["size"] == len(leaf) + len(SAMPLE["nested"]["sibling.txt"])
 
 
-@pytest.mark.xfail(strict=True, reason="design question: a snapshot entry whose size disagrees with "
-                   "its (hash-verified) object is served anyway: kachery-cat stops short or truncates "
-                   "and exits 0, kachery-load copies the whole object; resolve could compare the local "
-                   "object's size and reject the manifest (InvalidManifest, exit 3)")
 @pytest.mark.parametrize("claimed", [3, 100])
 def test_entry_size_that_disagrees_with_the_object(run_cli, storage_dir, claimed):
     digest = put_object(storage_dir, b"0123456789")

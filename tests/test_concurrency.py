@@ -168,10 +168,6 @@ def test_sigint_mid_store_cleans_up(storage_dir, random_300mb):
     assert temp_files(storage_dir) == []
 
 
-@pytest.mark.xfail(strict=True, reason="click's standalone main turns KeyboardInterrupt into "
-                   "'Aborted!' and exit 1 (the not-found code) before run_reporting_errors can map "
-                   "it to ExitStatus.INTERRUPTED (130); needs a click Command subclass or "
-                   "standalone_mode=False for every command (error-handling design)")
 def test_sigint_exit_status_is_130(storage_dir, random_300mb):
     status, _, err = _interrupt_a_store(storage_dir, random_300mb)
     assert status == 130, err

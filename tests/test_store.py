@@ -181,8 +181,9 @@ def test_existing_0_6_store_is_readable(tmp_path):
 def test_remove_stale_temps(store):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = os.path.join(store.root, "tmp", f"{dead.pid}.abc.part")
-    live = store.temp_path()  # our own pid: alive
+    live = store.temp_path()  # <host>.<our pid>.<random>.part: alive
+    host = os.path.basename(live).split(".")[0]
+    stale = os.path.join(store.root, "tmp", f"{host}.{dead.pid}.abc.part")
     for path in (stale, live):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         open(path, "wb").close()
@@ -261,10 +262,6 @@ def test_0_6_bookkeeping_files_are_not_objects(store):
     assert os.path.exists(os.path.join(directory, digest + ".hints.json"))
 
 
-@pytest.mark.xfail(strict=True, reason="design question: remove_stale_temps deletes a temp file that "
-                   "is old OR whose pid is dead, so `kachery verify --clean-temp` (1 h) removes the "
-                   "queued temps of a live store that runs longer than that (its commit then fails), "
-                   "and on a store shared between hosts a pid says nothing (temp names lack the host)")
 def test_temps_of_a_live_process_are_kept(store):
     live = store.temp_path()  # our own pid: alive, its batch could still publish it
     os.makedirs(os.path.dirname(live), exist_ok=True)
