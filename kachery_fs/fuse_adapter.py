@@ -7,9 +7,10 @@ verification or unreachable remote → EIO, with a log line saying which).
 
 Content is immutable, so the mount lets the kernel cache everything it can
 (see :func:`mount_options`): page cache kept across opens, day-long entry and
-attribute timeouts, cached directory listings, and READDIRPLUS replies that
-carry each entry's full attributes, so ``ls -lR`` needs no per-file round trip
-and ``find`` gets each entry's type from the listing itself.
+attribute timeouts, and READDIRPLUS replies that carry each entry's full
+attributes, so ``ls -lR`` needs no per-file round trip and ``find`` gets each
+entry's type from the listing itself. Listings are packed into C structures
+once per directory and kept (:class:`PackedListing`).
 """
 
 import ctypes

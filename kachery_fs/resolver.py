@@ -130,10 +130,14 @@ class Resolver:
         return Entry(False, size, path_inode(path), mtime_ns, 1, target)
 
     def _object_size_and_time(self, algorithm, digest):
-        """(size, mtime) of a local object; (None, mount time) when it is not local."""
+        """(size, mtime) of an object on this machine (store or download cache);
+        (None, mount time) when it is not here."""
+        path = self.kachery.find_local(algorithm, digest)
         try:
-            info = os.stat(self.kachery.store.object_path(algorithm, digest))
-        except FileNotFoundError:
+            info = os.stat(path) if path else None
+        except FileNotFoundError:  # evicted from the cache meanwhile
+            info = None
+        if info is None:
             return None, self.started_ns
         return info.st_size, info.st_mtime_ns
 
