@@ -218,3 +218,26 @@ def test_piped_input_is_streamed_not_slurped(store):
     assert stored.digest == hashlib.sha1(data).hexdigest() and stored.size == len(data)
     assert stored.manifest is not None
     assert store.read_bytes("sha1", stored.digest) == data
+
+
+def test_threads_storing_large_files_at_once(store, tmp_path):
+    """The hash/copy workers are shared by the process: concurrent stores must not mix blocks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    blobs = [os.urandom(2 * ingest.CHUNK_SIZE + 1000 * i) for i in range(4)]
+    paths = []
+    for i, blob in enumerate(blobs):
+        paths.append(tmp_path / f"big{i}")
+        paths[-1].write_bytes(blob)
+
+    def store_one(path):
+        with WriteBatch(store) as batch:
+            return ingest.store_path(batch, path)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(store_one, paths))
+    for blob, stored in zip(blobs, results):
+        assert stored.digest == hashlib.sha1(blob).hexdigest()
+        assert store.read_bytes("sha1", stored.digest) == blob
+        manifest = parse_file_manifest(store.read_bytes("sha1", stored.manifest))
+        assert all(c.sha1 == hashlib.sha1(blob[c.start:c.end]).hexdigest() for c in manifest.chunks)
