@@ -84,6 +84,9 @@ class RemoteSet:
         self._lock = threading.Lock()
         self._down_until = {}
         self._batch_api = True  # until the upload remote says it has no api/upload
+        #: callable(bytes) told of download progress when a call passes none
+        #: (the CLI sets a progress bar here when stderr is a terminal).
+        self.progress = None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-receive")
 
     @classmethod
@@ -181,6 +184,7 @@ class RemoteSet:
         found was corrupt), AccessDenied (refused and not found elsewhere),
         RemoteUnavailable (no remote could be reached).
         """
+        progress = progress or self.progress
         return self._failover(f"{algorithm}://{digest}", lambda remote: self._download_from(
             remote, algorithm, digest, store, progress))
 
@@ -213,7 +217,10 @@ class RemoteSet:
     def _receive(self, response, algorithm, digest, store, progress):
         fd, temp_path = store.create_temp()
         try:
-            got = _pump(_body_reader(response), fd, new_hasher(algorithm), self._pool, progress)
+            got, size = _pump(_body_reader(response), fd, new_hasher(algorithm), self._pool, progress)
+            expected = response.headers.get("Content-Length", "")
+            if expected.isdigit() and size != int(expected):  # http.client does not raise on this
+                raise _TransferFailed(f"body ended after {size} of {expected} bytes")
             if got != digest:
                 raise HashMismatch(digest, got, f"download from {response.url}")
             os.fsync(fd)  # data durable before the name exists (SPEC §2)
@@ -248,6 +255,8 @@ class RemoteSet:
                     _skip(readinto, chunk.start)
                 data = bytearray(chunk.end - chunk.start)
                 count = _receive_into(readinto, data)
+                if count != len(data):
+                    raise _TransferFailed(f"body ended after {count} of {len(data)} bytes")
             except _TransferFailed as error:
                 raise RemoteUnavailable(remote.url, f"transfer of {path} broke: {error}") from None
         got = digest_bytes("sha1", memoryview(data)[:count])
@@ -445,7 +454,7 @@ def _body_reader(response):
 
 
 def _pump(readinto, fd, hasher, pool, progress):
-    """Copy a response body to ``fd`` while hashing; return the hex digest.
+    """Copy a response body to ``fd`` while hashing; return (hex digest, size).
 
     Double-buffered: while one block is hashed and written (two workers, both
     release the GIL) the next is received.
@@ -457,7 +466,7 @@ def _pump(readinto, fd, hasher, pool, progress):
         for job in jobs:
             job.result()
         if not count:
-            return hasher.hexdigest()
+            return hasher.hexdigest(), written
         block = memoryview(buffers[turn])[:count]
         jobs = (pool.submit(hasher.update, block), pool.submit(_write_all, fd, block))
         if (written + count) // WRITEBACK_STEP != written // WRITEBACK_STEP:
