@@ -447,6 +447,18 @@ def test_usage_errors_are_one_line(run_cli, stored_sample):
     assert_clean_error(result, 2)
 
 
+@pytest.mark.parametrize("command, args", [
+    ("kachery-store", []), ("kachery-ls", ["--bogus", "x"]), ("kachery", ["bogus"]),
+])
+def test_more_usage_errors_are_one_line(run_cli, storage_dir, command, args):
+    assert_clean_error(run_cli(command, *args), 2)
+
+
+def test_help_still_works(run_cli, storage_dir):
+    result = run_cli("kachery-store", "--help")
+    assert result.returncode == 0 and b"--algorithm" in result.stdout
+
+
 # -------------------------------------------------------- errors and codes
 
 MISSING = "0" * 40
