@@ -68,11 +68,13 @@ def test_files_round_trip_through_the_server(servers, env, run_cli, tmp_path):
     urls = ok(run_cli("kachery-store", "--upload", *(tmp_path / n for n in contents), env=a)).splitlines()
     assert len(urls) == 3 and "?manifest=" in urls[2]
     for url, (name, data) in zip(urls, contents.items()):
+        if name == "small.txt":  # one through kachery-cat, the rest through kachery-load
+            result = run_cli("kachery-cat", url, env=b)
+            assert result.returncode == 0 and result.stdout == data
+            continue
         path = ok(run_cli("kachery-load", url, env=b))
         with open(path, "rb") as file:
             assert file.read() == data, name
-        result = run_cli("kachery-cat", url, env=b)
-        assert result.returncode == 0 and result.stdout == data, name
     assert stored_objects(a["KACHERY_STORAGE_DIR"])  # --upload keeps the local copy
 
 
