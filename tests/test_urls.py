@@ -183,6 +183,7 @@ def test_sha1_round_trip(h, name, manifest):
     assert parse_url(str(url)) == url
 
 
+@settings(max_examples=100)
 @given(h=hex32, name=st.none() | names)
 def test_md5_round_trip(h, name):
     text = f"md5://{h}" + (f"/{name}" if name else "")
@@ -192,6 +193,7 @@ def test_md5_round_trip(h, name):
     assert str(url) == f"md5://{h.lower()}" + (f"/{name}" if name else "")
 
 
+@settings(max_examples=100)
 @given(h=hex40, label=st.none() | labels, parts=st.lists(segments, max_size=5),
        empties=st.lists(st.integers(0, 2), min_size=6, max_size=6), trailing=st.booleans())
 def test_sha1dir_round_trip_and_normalization(h, label, parts, empties, trailing):
@@ -223,6 +225,7 @@ def test_arbitrary_text_either_parses_or_raises_invalid_url(text):
     assert parse_url(str(url)) == url
 
 
+@settings(max_examples=100)
 @given(st.text(min_size=40, max_size=40))
 def test_hash_validation_only_accepts_ascii_hex(value):
     ok = all(c in string.hexdigits for c in value)
@@ -234,6 +237,7 @@ def test_hash_validation_only_accepts_ascii_hex(value):
             validate_hash("sha1", value)
 
 
+@settings(max_examples=100)
 @given(h=hex40, bad=st.text(min_size=1, max_size=3))
 def test_extra_characters_after_the_hash_make_the_url_invalid(h, bad):
     bad = bad.replace("/", "x").replace("?", "x")
