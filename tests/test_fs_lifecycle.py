@@ -32,7 +32,7 @@ def store(tmp_path):
 
 def test_sigterm_unmounts_cleanly(store, tmp_path):
     storage, digest, _ = store
-    mount = Mount(tmp_path / "mnt", storage)
+    mount = Mount(tmp_path / "mount pöint", storage)  # the mount table escapes the space
     with mount:
         assert os.listdir(mount.path("sha1dir", digest)) == ["hello.txt", "sub"]
         mount.process.send_signal(signal.SIGTERM)
