@@ -233,9 +233,22 @@ class KacheryOperations(mfusepy.Operations):
         return self.resolver.read(fh, size, offset)
 
     @_mapped
-    def span(self, fh, size, offset):
-        """(fd, offset, length) of the bytes in a local file, or None (then use read)."""
-        return self.resolver.span(fh, size, offset)
+    def read_into(self, fh, address, size, offset):
+        """Copy up to ``size`` bytes at ``offset`` into the C buffer at ``address``.
+
+        Bytes in a local file are ``preadv``'d straight into the buffer (no
+        Python bytes object, one copy fewer than mfusepy's read); others come
+        from the reader's ``read``. Returns the number of bytes.
+        """
+        span = self.resolver.span(fh, size, offset)
+        if span is None:
+            data = self.resolver.read(fh, size, offset)
+            ctypes.memmove(address, data, len(data))
+            return len(data)
+        fd, position, length = span
+        if not length:
+            return 0
+        return os.preadv(fd, [(ctypes.c_char * length).from_address(address)], position)
 
     def release(self, path, fh):
         self.resolver.release(fh)
@@ -254,6 +267,7 @@ class KacheryFUSE(mfusepy.FUSE):
     """mfusepy's FUSE with getattr and readdir filled from resolver Entries.
 
     - getattr fills the stat structure directly from an Entry;
+    - read copies into libfuse's buffer without a Python bytes object;
     - readdir answers READDIRPLUS with full attributes (mfusepy passes only
       the file type), so the kernel learns every entry's attributes from the
       listing instead of one LOOKUP per file. Once the kernel has them, later
@@ -270,19 +284,8 @@ class KacheryFUSE(mfusepy.FUSE):
         return 0
 
     def read(self, path, buf, size, offset, fip):
-        # Read straight into libfuse's reply buffer: one copy fewer than
-        # mfusepy's read (no bytes object, no memmove) and no Python allocation.
-        fh = fip.contents.fh
-        span = self.operations.span(fh, size, offset)
-        if span is None:
-            data = self.operations.read(None, size, offset, fh)
-            ctypes.memmove(buf, data, len(data))
-            return len(data)
-        fd, position, length = span
-        if not length:
-            return 0
-        target = (ctypes.c_char * length).from_address(ctypes.addressof(buf.contents))
-        return os.preadv(fd, [target], position)
+        # Straight into libfuse's reply buffer (see KacheryOperations.read_into).
+        return self.operations.read_into(fip.contents.fh, ctypes.addressof(buf.contents), size, offset)
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         ops = self.operations

@@ -236,3 +236,24 @@ def test_mount_path_of_urls(monkeypatch):
     assert mount_path(f"md5://{'c' * 32}", "/m") == f"/m/md5/{'c' * 32}"
     monkeypatch.setenv("KACHERY_MOUNT", "/from/env")
     assert mount_path(f"sha1dir://{h}") == f"/from/env/sha1dir/{h}"
+
+
+@pytest.mark.parametrize("zero_copy", [True, False])
+def test_read_into_a_c_buffer(snapshot, monkeypatch, zero_copy):
+    import ctypes
+
+    from kachery_fs.fuse_adapter import KacheryOperations
+
+    resolver, digest, source = snapshot
+    original = (source / "big.bin").read_bytes()
+    if not zero_copy:  # a reader without a local file (issue 5's chunked reads)
+        monkeypatch.setattr(resolver, "span", lambda *args: None)
+    operations = KacheryOperations(resolver)
+    handle = resolver.open(f"/sha1dir/{digest}/big.bin")
+    buffer = ctypes.create_string_buffer(1 << 20)
+    try:
+        for offset in (0, 12345, len(original) - 100, len(original)):
+            count = operations.read_into(handle, ctypes.addressof(buffer), 1 << 20, offset)
+            assert buffer.raw[:count] == original[offset:offset + (1 << 20)]
+    finally:
+        resolver.release(handle)
