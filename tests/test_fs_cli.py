@@ -36,3 +36,21 @@ def test_allow_other_reaches_the_mount(tmp_path):
         assert options and "allow_other" in options[0].split(",")
         assert "ro" in options[0].split(",")
         assert sorted(os.listdir(mount.mountpoint)) == ["md5", "sha1", "sha1dir"]
+
+
+@needs_fuse
+@pytest.mark.fuse
+def test_md5_and_sha1_objects_are_served(tmp_path):
+    from kachery_core.client import Kachery
+    from kachery_core.config import Config
+
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"md5 addressed\n" * 1000)
+    kachery = Kachery(Config(storage_dir=str(tmp_path / "storage")))
+    md5 = kachery.store_file(str(source), "md5").digest
+    sha1 = kachery.store_file(str(source)).digest
+    with Mount(tmp_path / "mnt", tmp_path / "storage") as mount:
+        for path in (mount.path("md5", md5), mount.path("md5", md5.upper()), mount.path("sha1", sha1)):
+            with open(path, "rb") as file:
+                assert file.read() == source.read_bytes()
+            assert os.stat(path).st_mode & 0o777 == 0o444
