@@ -4,7 +4,15 @@ Every function accepts per-call overrides: ``storage_dir``, ``remotes`` (a list
 of base URLs to read from, replacing the configured ones; ``[]`` means local
 only) and, for the store functions, ``upload`` (also send the objects to the
 first remote) and ``upload_only`` (do not keep a local copy).
+
+As in kachery 0.6.x, the load functions return None when no store or remote
+has the object (old scripts test ``if ka.load_file(url) is None``); every
+other failure (invalid URL, corrupt data, unreachable remote) raises. Code
+that prefers an exception uses :class:`kachery_core.client.Kachery`, which
+raises ``ObjectNotFound`` (a ``FileNotFoundError``).
 """
+
+import functools
 
 import io
 import json
@@ -13,8 +21,22 @@ import shutil
 
 from .client import DirTarget, Kachery
 from .config import Remote, load_config
+from .errors import ObjectNotFound
 from .manifest import DirEntry, FileEntry
 from .urls import parse_url
+
+
+def none_if_missing(load):
+    """kachery 0.6.x behaviour: a missing object gives None, not an exception."""
+
+    @functools.wraps(load)
+    def wrapper(*args, **kwargs):
+        try:
+            return load(*args, **kwargs)
+        except ObjectNotFound:
+            return None
+
+    return wrapper
 
 
 def client(storage_dir=None, remotes=None):
@@ -79,10 +101,11 @@ def _store(kachery, action, options):
 
 # --------------------------------------------------------------------- load
 
+@none_if_missing
 def load_file(url, dest=None, **options):
     """Local path of the file at ``url`` (fetched if needed); copy to ``dest`` if given.
 
-    Raises ObjectNotFound (a FileNotFoundError) when no store has it.
+    Returns None when no store or remote has it (kachery 0.6.x behaviour).
     """
     kachery = client(options.get("storage_dir"), options.get("remotes"))
     target = kachery.resolve_file(url)
@@ -93,6 +116,7 @@ def load_file(url, dest=None, **options):
     return os.fspath(dest)
 
 
+@none_if_missing
 def load_bytes(url, start=None, end=None, **options):
     """Bytes [start, end) of the file at ``url``; only that range is fetched when possible."""
     kachery = client(options.get("storage_dir"), options.get("remotes"))
@@ -100,20 +124,24 @@ def load_bytes(url, start=None, end=None, **options):
     return b"".join(kachery.iter_bytes(target, start or 0, end))
 
 
+@none_if_missing
 def load_text(url, **options):
-    return load_bytes(url, **options).decode("utf-8")
+    return load_bytes.__wrapped__(url, **options).decode("utf-8")
 
 
+@none_if_missing
 def load_object(url, **options):
-    return json.loads(load_bytes(url, **options))
+    return json.loads(load_bytes.__wrapped__(url, **options))
 
 
+@none_if_missing
 def load_npy(url, **options):
     import numpy as np
 
-    return np.load(io.BytesIO(load_bytes(url, **options)), allow_pickle=False)
+    return np.load(io.BytesIO(load_bytes.__wrapped__(url, **options)), allow_pickle=False)
 
 
+@none_if_missing
 def read_dir(url, recursive=True, **options):
     """The snapshot (sub)directory at ``url`` as {"files": {...}, "dirs": {...}}."""
     kachery = client(options.get("storage_dir"), options.get("remotes"))
@@ -138,6 +166,7 @@ def file_entry_dict(entry):
     return info
 
 
+@none_if_missing
 def get_file_info(url, **options):
     """{"path", "size", "sha1" or "md5", ["manifest"]} of the file at ``url``."""
     kachery = client(options.get("storage_dir"), options.get("remotes"))

@@ -10,10 +10,8 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from . import ingest
 from .cache import CacheArea
 from .config import load_config
-from .fetching import Fetcher
 from .hashing import digest_bytes
 from .errors import (
     HashMismatch,
@@ -88,15 +86,21 @@ class Kachery:
 
     def store_file(self, path, algorithm="sha1", batch=None, progress=None):
         """Store one file; return an ingest.StoredFile."""
+        from . import ingest  # its worker pools cost start-up time for read-only commands
+
         with _batch_or(self, batch) as active:
             return ingest.store_path(active, path, algorithm, progress)
 
     def store_data(self, data, algorithm="sha1", batch=None):
+        from . import ingest
+
         with _batch_or(self, batch) as active:
             return ingest.store_data(active, data, algorithm)
 
     def store_dir(self, path, batch=None, progress=None):
         """Snapshot a directory; return (manifest sha1, DirEntry)."""
+        from . import ingest
+
         with _batch_or(self, batch) as active:
             tree = ingest.snapshot_dir(active, path, progress)
             return ingest.store_manifest(active, tree), tree
@@ -205,6 +209,8 @@ class Kachery:
     def fetcher(self):
         """The Fetcher over the remotes (None without remotes)."""
         if self._fetcher is None and self.remotes:
+            from .fetching import Fetcher  # threads and pools: only with remotes
+
             with self._lock:
                 if self._fetcher is None:
                     self._fetcher = Fetcher(self.cache, self.remotes.fetch_chunk,
