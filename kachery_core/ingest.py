@@ -26,6 +26,9 @@ SMALL_FILE = 1024 * 1024
 #: Start disk writeback every this many bytes of a large file.
 WRITEBACK_STEP = 64 * 1024 * 1024
 
+#: Threads that store the files of a snapshot, and the file count that uses them.
+SNAPSHOT_THREADS = 4
+PARALLEL_MIN_FILES = 16
 #: Blocks in flight between the reader and the two workers.
 PIPELINE_DEPTH = 6
 
@@ -211,12 +214,29 @@ def snapshot_dir(batch, path, progress=None):
     """Store every file under ``path``; return its DirEntry tree.
 
     Symbolic links are followed (a link cycle is an error); sockets, devices
-    and FIFOs are skipped with a warning (SPEC §3).
+    and FIFOs are skipped with a warning (SPEC §3). The tree is walked first;
+    then its files are stored by a few threads at once, because storing a
+    small file is mostly system calls that release the GIL.
     """
-    return _snapshot(batch, os.fspath(path), progress, ancestors=())
+    files = []  # (DirEntry, name, path) of every regular file
+    tree = _walk(os.fspath(path), files, ancestors=())
+    for (node, name, _), stored in zip(files, _store_all(batch, files, progress)):
+        node.files[name] = FileEntry(stored.size, stored.digest, None, stored.manifest)
+    return tree
 
 
-def _snapshot(batch, path, progress, ancestors):
+def _store_all(batch, files, progress):
+    """StoredFile of each (node, name, path), in order."""
+    paths = [file_path for _, _, file_path in files]
+    if len(paths) < PARALLEL_MIN_FILES:
+        return [store_path(batch, file_path, "sha1", progress) for file_path in paths]
+    with ThreadPoolExecutor(max_workers=SNAPSHOT_THREADS,
+                            thread_name_prefix="kachery-snapshot") as pool:
+        return list(pool.map(lambda file_path: store_path(batch, file_path, "sha1", progress),
+                             paths))
+
+
+def _walk(path, files, ancestors):
     identity = _identity(path)
     if identity in ancestors:
         raise OSError(f"symbolic link cycle at {path}")
@@ -227,10 +247,9 @@ def _snapshot(batch, path, progress, ancestors):
     for entry in entries:
         kind = _kind(entry)
         if kind == "dir":
-            result.dirs[entry.name] = _snapshot(batch, entry.path, progress, ancestors)
+            result.dirs[entry.name] = _walk(entry.path, files, ancestors)
         elif kind == "file":
-            stored = store_path(batch, entry.path, "sha1", progress)
-            result.files[entry.name] = FileEntry(stored.size, stored.digest, None, stored.manifest)
+            files.append((result, entry.name, entry.path))
         else:
             log.warning("skipping %s (%s)", entry.path, kind)
     return result

@@ -17,6 +17,8 @@ from .errors import ObjectNotFound
 from .hashing import is_valid_hash, validate_hash
 
 TEMP_DIR = "tmp"
+#: Batches with at least this many objects are published by several threads.
+PARALLEL_PUBLISH = 64
 #: Host part of temp names (no dots: the name's fields are dot-separated).
 _HOST = socket.gethostname().replace(".", "_") or "localhost"
 
@@ -152,8 +154,21 @@ class WriteBatch:
             return
         pending, self._pending = self._pending, []
         flush_paths([temp for temp, _, _ in pending], self.store.root)
-        finals = [self.store.publish(temp, algorithm, digest) for temp, algorithm, digest in pending]
+        finals = self._publish_all(pending)
         flush_paths(sorted({os.path.dirname(final) for final in finals}), self.store.root)
+
+    def _publish_all(self, pending):
+        """Rename every temp file into place; many renames run on a few threads
+        (each is a system call or two that releases the GIL)."""
+        def publish(item):
+            return self.store.publish(*item)
+
+        if len(pending) < PARALLEL_PUBLISH:
+            return [publish(item) for item in pending]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="kachery-publish") as pool:
+            return list(pool.map(publish, pending))
 
     def discard(self):
         for temp_path, _, _ in self._pending:
