@@ -343,3 +343,22 @@ def test_upload_many_through_the_batch_api(servers, tmp_path):
     assert sum(sent) >= sum(map(len, blobs))
     assert len(stored_objects(server.storage)) == 30
     assert "POST /api/upload" in server.log() and "PUT /" not in server.log()
+
+
+def test_large_uploads_use_sendfile_and_map_refusals(servers, tmp_path):
+    server = servers.kachery(max_upload=20 * 1024 * 1024)
+    big, huge = tmp_path / "big", tmp_path / "huge"
+    big.write_bytes(os.urandom(9 * 1024 * 1024))
+    huge.write_bytes(os.urandom(30 * 1024 * 1024))
+    digest = sha1(big.read_bytes())
+    with pytest.raises(AccessDenied, match="403"):
+        remote_set((server.url, server.read_token)).upload("sha1", digest, str(big))
+    writer = remote_set((server.url, server.write_token))
+    with pytest.raises(RemoteRejected, match="413"):
+        writer.upload("sha1", sha1(huge.read_bytes()), str(huge))
+    with pytest.raises(RemoteRejected, match="digest mismatch"):
+        writer.upload("sha1", sha1(b"not it"), str(big))
+    sent = []
+    assert writer.upload("sha1", digest, str(big), sent.append) == 201
+    assert sum(sent) == big.stat().st_size
+    assert stored_objects(server.storage) == [object_rel(digest)]

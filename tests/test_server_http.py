@@ -467,3 +467,7 @@ def test_tls_serves_and_verifies(servers, tmp_path, monkeypatch):
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
     path = RemoteSet([Remote(server.url)]).download("sha1", digest, LocalStore(tmp_path / "b"))
     assert open(path, "rb").read() == DATA
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(9 * 1024 * 1024))  # large enough for the sendfile PUT
+    writer = RemoteSet([Remote(server.url, server.write_token)])
+    assert writer.upload("sha1", sha1(big.read_bytes()), str(big)) == 201
