@@ -58,8 +58,6 @@ def open_reader(kachery, target):
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _check_size(fd, target)
-        # Most reads through the mount stream a file: double the readahead.
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     except BaseException:
         os.close(fd)
         raise
