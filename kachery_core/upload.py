@@ -101,7 +101,8 @@ class RecordingBatch(WriteBatch):
         self._upload_early(key)
         chunks = _hash_chunks(source) if algorithm == "sha1" else []
         after = os.fstat(source.fileno())
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or size != before.st_size:
+        unchanged = (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+        if not unchanged or size != before.st_size:
             raise OSError(f"{source.name} changed while it was being stored")
         return size, digest, chunks
 
