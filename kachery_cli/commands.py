@@ -88,7 +88,10 @@ def store_command(paths, algorithm, label, as_json, upload, upload_only, mount_p
     if upload or upload_only:
         from kachery_core.upload import store_and_upload
 
-        records = store_and_upload(kachery, store_all, keep_local=not upload_only)
+        sending = Progress.maybe("uploading")
+        records = store_and_upload(kachery, store_all, keep_local=not upload_only, progress=sending)
+        if sending:
+            sending.close()
     else:
         with kachery.batch() as batch:
             records = store_all(batch)
@@ -135,11 +138,25 @@ def load_command(url, dest, storage_dir, remotes):
         progress = Progress.maybe("loading", total)
         click.echo(os.path.abspath(export_dir(kachery, target.entry, dest, progress)))
         return
+    receiving = _download_progress(kachery, target)
     if dest:
         path = export_file(kachery, target.algorithm, target.digest, dest)
     else:
         path = kachery.file_path(target)
+    if receiving:
+        receiving.close()
     click.echo(os.path.abspath(path))
+
+
+def _download_progress(kachery, target):
+    """A download progress bar on the remotes, when a terminal shows it and a download is due."""
+    if not sys.stderr.isatty() or kachery.find_local(target.algorithm, target.digest):
+        return None
+    progress = Progress.maybe("downloading", target.size)
+    if progress and kachery.remotes:
+        kachery.remotes.progress = progress
+        return progress
+    return None
 
 
 def _default_dir_name(url):
