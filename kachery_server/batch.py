@@ -5,9 +5,10 @@ files would otherwise cost 10,000 requests. Clients fall back to one PUT per
 object when a server answers 404, 405 or 501, as they do for ``api/has``.
 
 Body: for each object a header line ``<alg> <digest> <size>\\n`` followed by
-exactly ``<size>`` bytes. All or nothing: every object is verified against its
-digest before any is published; a malformed header, an object over
-:data:`MAX_OBJECT`, a short body or a mismatch → 400 and nothing is kept.
+exactly ``<size>`` bytes, at most :data:`MAX_BODY` in all. All or nothing:
+every object is verified against its digest before any is published; a
+malformed header, an object over :data:`MAX_OBJECT`, a short body or a
+mismatch → 400 and nothing is kept.
 Answer: ``{"stored": <new objects>, "present": <objects already there>}``.
 """
 
@@ -20,8 +21,10 @@ from kachery_core.hashing import DIGEST_LENGTHS, digest_bytes, is_valid_hash
 
 #: Largest object accepted in a batch (larger ones go by PUT, streamed).
 MAX_OBJECT = 1024 * 1024
-#: Largest batch body.
-MAX_BODY = 64 * 1024 * 1024
+#: Largest batch body (clients send 8 MiB) ...
+MAX_BODY = 16 * 1024 * 1024
+#: ... and how many are held in memory at once: at most 64 MiB in all.
+CONCURRENT_BATCHES = 4
 
 
 class BadBatch(ValueError):
@@ -89,11 +92,16 @@ def _write_temp(store, data):
     return path
 
 
-async def receive_batch(request, store, committer):
-    """Handle the body of POST /api/upload (access and length already checked)."""
+async def receive_batch(request, store, committer, slots):
+    """Handle the body of POST /api/upload (access and length already checked).
+
+    ``slots`` (an asyncio.Semaphore of CONCURRENT_BATCHES) bounds the memory
+    that batches being received may hold.
+    """
     try:
-        items = await read_batch(request.content)
-        written, present = await asyncio.to_thread(write_verified, store, items)
+        async with slots:
+            items = await read_batch(request.content)
+            written, present = await asyncio.to_thread(write_verified, store, items)
     except BadBatch as error:
         raise web.HTTPBadRequest(text=f"{error}\n") from None
     created = await committer.publish_many(written)

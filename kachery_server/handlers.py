@@ -41,6 +41,7 @@ class ObjectService:
         self.access = access
         self.max_upload = max_upload
         self.committer = GroupCommitter(store)
+        self.batch_slots = asyncio.Semaphore(batch.CONCURRENT_BATCHES)
 
     def routes(self):
         return [
@@ -120,7 +121,7 @@ class ObjectService:
 
     async def upload_batch(self, request):
         self.check_upload(request, limit=batch.MAX_BODY)
-        return await batch.receive_batch(request, self.store, self.committer)
+        return await batch.receive_batch(request, self.store, self.committer, self.batch_slots)
 
     # ------------------------------------------------------------ api/has
 

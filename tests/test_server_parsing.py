@@ -1,0 +1,76 @@
+"""Parsing of request bodies (pure): the api/upload object headers and the
+api/has document, with Hypothesis over arbitrary input."""
+
+import hashlib
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kachery_server.batch import MAX_OBJECT, BadBatch, parse_header, write_verified
+from kachery_server.handlers import _parse_has_request
+from kachery_core.store import LocalStore
+
+SHA1 = hashlib.sha1(b"x").hexdigest()
+
+
+def test_valid_headers():
+    assert parse_header(f"sha1 {SHA1} 12\n".encode()) == ("sha1", SHA1, 12)
+    assert parse_header(f"sha1 {SHA1.upper()} 0\n".encode()) == ("sha1", SHA1, 0)
+    md5 = hashlib.md5(b"x").hexdigest()
+    assert parse_header(f"md5 {md5} {MAX_OBJECT}\n".encode()) == ("md5", md5, MAX_OBJECT)
+
+
+@pytest.mark.parametrize("line", [
+    b"\n", b"sha1\n", f"sha1 {SHA1}\n".encode(), f"sha1 {SHA1} -1\n".encode(),
+    f"sha1 {SHA1} 1e3\n".encode(), f"sha1 {SHA1} {MAX_OBJECT + 1}\n".encode(),
+    f"sha256 {SHA1} 1\n".encode(), f"md5 {SHA1} 1\n".encode(), b"sha1 ../../etc/passwd 1\n",
+    f"sha1 {SHA1} 1 extra\n".encode(), "sha1 {} ١\n".format(SHA1).encode(),
+])
+def test_invalid_headers(line):
+    with pytest.raises(BadBatch):
+        parse_header(line)
+
+
+@given(st.binary(max_size=120))
+def test_any_header_line_parses_or_is_refused(line):
+    try:
+        algorithm, digest, size = parse_header(line)
+    except BadBatch:
+        return
+    assert algorithm in ("sha1", "md5") and digest == digest.lower() and 0 <= size <= MAX_OBJECT
+    assert "/" not in digest and "." not in digest
+
+
+@given(st.lists(st.binary(max_size=50), max_size=5), st.booleans())
+def test_write_verified_is_all_or_nothing(tmp_path_factory, blobs, corrupt):
+    store = LocalStore(tmp_path_factory.mktemp("store"))
+    items = [("sha1", hashlib.sha1(b).hexdigest(), b) for b in blobs]
+    if corrupt and items:
+        items[-1] = ("sha1", items[-1][1], items[-1][2] + b"!")
+        with pytest.raises(BadBatch):
+            write_verified(store, items)
+        temp_area = os.path.join(store.root, "tmp")
+        assert not os.path.isdir(temp_area) or os.listdir(temp_area) == []
+        return
+    written, present = write_verified(store, items)
+    assert len(written) + present == len(items)
+    for temp_path, _, digest in written:
+        with open(temp_path, "rb") as file:
+            assert hashlib.sha1(file.read()).hexdigest() == digest
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                    lambda children: st.lists(children, max_size=3)
+                    | st.dictionaries(st.sampled_from(["sha1", "md5", "x"]), children, max_size=3),
+                    max_leaves=8))
+def test_has_request_parses_or_is_refused(document):
+    from aiohttp import web
+
+    try:
+        wanted = _parse_has_request(document)
+    except web.HTTPBadRequest:
+        return
+    assert set(wanted) == {"sha1", "md5"}
+    assert all(isinstance(d, str) and d == d.lower() for ds in wanted.values() for d in ds)
