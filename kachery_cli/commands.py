@@ -20,14 +20,15 @@ from .exit_codes import _silence_stdout as silence_stdout
 from .progress import Progress
 
 
-def make_kachery(storage_dir=None, remotes=()):
-    """A Kachery from the configuration, with command-line overrides applied."""
+def make_kachery(storage_dir=None, remotes=(), **overrides):
+    """A Kachery from the configuration, with command-line overrides applied
+    (``overrides`` are Config fields; None means "not given")."""
     config = load_config()
     if remotes:
         tokens = {remote.url: remote.token for remote in config.remotes}
         urls = [url.rstrip("/") for url in remotes]
         config = config.with_overrides(remotes=tuple(Remote(u, tokens.get(u)) for u in urls))
-    return Kachery(config.with_overrides(storage_dir=storage_dir))
+    return Kachery(config.with_overrides(storage_dir=storage_dir, **overrides))
 
 
 def common_options(command):
@@ -329,14 +330,19 @@ def cache_command(clear, storage_dir, remotes):
     """Show the download cache's usage (JSON); --clear empties it.
 
     The cache holds verified downloads from remotes; objects you stored
-    yourself are never in it and never evicted. A running mount's fetch
-    counters are in <mountpoint>/.kachery-stats.
+    yourself are never in it and never evicted. "mounts" shows the fetch
+    counters of running mounts of this store (bytes fetched, cache hits and
+    misses, verification failures).
     """
-    cache = make_kachery(storage_dir, remotes).cache
+    from kachery_core.stats import read_stats_files
+
+    kachery = make_kachery(storage_dir, remotes)
+    cache = kachery.cache
     freed = cache.clear() if clear else 0
     objects, used = cache.usage()
+    mounts = read_stats_files(os.path.join(kachery.config.storage_dir, "logs"))
     report = {"cache_dir": cache.root, "objects": objects, "bytes": used,
-              "max_bytes": cache.max_bytes}
+              "max_bytes": cache.max_bytes, "mounts": list(mounts.values())}
     if clear:
         report["freed_bytes"] = freed
     click.echo(json.dumps(report, indent=2))
@@ -349,16 +355,17 @@ COMMANDS = {
 }
 
 
-def _entry_point(command, name):
+def entry_point(command, name):
+    """A console-script function running ``command`` under our error contract."""
     def main():
         configure_logging()
         run_click_command(command, name)
     return main
 
 
-store_main = _entry_point(store_command, "kachery-store")
-load_main = _entry_point(load_command, "kachery-load")
-info_main = _entry_point(info_command, "kachery-info")
-ls_main = _entry_point(ls_command, "kachery-ls")
-cat_main = _entry_point(cat_command, "kachery-cat")
-verify_main = _entry_point(verify_command, "kachery-verify")
+store_main = entry_point(store_command, "kachery-store")
+load_main = entry_point(load_command, "kachery-load")
+info_main = entry_point(info_command, "kachery-info")
+ls_main = entry_point(ls_command, "kachery-ls")
+cat_main = entry_point(cat_command, "kachery-cat")
+verify_main = entry_point(verify_command, "kachery-verify")

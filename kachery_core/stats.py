@@ -1,6 +1,8 @@
 """Thread-safe counters that make fetching observable (bytes fetched, cache
 hits and misses, verification failures)."""
 
+import json
+import os
 import threading
 
 
@@ -17,3 +19,66 @@ class Stats:
         """A copy of every counter (missing ones read as 0)."""
         with self._lock:
             return dict(self._counts)
+
+
+class StatsFile:
+    """Publishes a process's counters as JSON in a file, refreshed every
+    ``interval`` seconds, so that commands can show what a running mount has
+    fetched (``kachery cache``). Removed again by ``stop()``."""
+
+    def __init__(self, path, collect, interval=1.0):
+        self.path = path
+        self._collect = collect
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="kachery-stats")
+
+    def start(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self._interval):
+            self.write()
+
+    def write(self):
+        temp = f"{self.path}.{os.getpid()}.tmp"
+        with open(temp, "w") as file:
+            json.dump(self._collect(), file)
+        os.replace(temp, self.path)
+
+    def stop(self):
+        self._stop.set()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def read_stats_files(directory, prefix="mount-stats-"):
+    """{pid: counters} of the StatsFiles in ``directory`` whose process is alive."""
+    found = {}
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return found
+    for name in names:
+        pid = name.removeprefix(prefix).removesuffix(".json")
+        if name.startswith(prefix) and name.endswith(".json") and pid.isdigit() and _alive(int(pid)):
+            try:
+                with open(os.path.join(directory, name)) as file:
+                    found[int(pid)] = json.load(file)
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -10,8 +10,8 @@ import os
 
 import click
 
-from kachery_cli.commands import common_options, configure_logging, make_kachery
-from kachery_cli.exit_codes import run_reporting_errors
+from kachery_cli.commands import common_options, entry_point, make_kachery
+from kachery_core.config import parse_size
 
 from . import mount as lifecycle
 from .locate import MOUNT_ENV
@@ -26,8 +26,13 @@ from .locate import MOUNT_ENV
 @click.option("--log-file", type=click.Path(dir_okay=False),
               help="Log of a --background mount (default: <storage-dir>/logs/mount.log).")
 @click.option("--debug", is_flag=True, help="Log every FUSE request (very verbose).")
+@click.option("--cache-max", metavar="SIZE",
+              help="Quota of the download cache, e.g. 2G (default: cache_max in the config file).")
+@click.option("--remote-timeout", type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="Give up on a remote after this long (default: remote_timeout, 10).")
 @common_options
-def mount_command(mountpoint, background, allow_other, log_file, debug, storage_dir, remotes):
+def mount_command(mountpoint, background, allow_other, log_file, debug, cache_max,
+                  remote_timeout, storage_dir, remotes):
     """Mount the hash-URL namespace at MOUNTPOINT (read-only).
 
     \b
@@ -35,7 +40,8 @@ def mount_command(mountpoint, background, allow_other, log_file, debug, storage_
     MOUNTPOINT/md5/<hash>                         a stored file (md5)
     MOUNTPOINT/sha1dir/<hash>[.<label>]/<path>    a stored directory snapshot
     """
-    kachery = make_kachery(storage_dir, remotes)
+    cache_max = parse_size(cache_max) if cache_max else None
+    kachery = make_kachery(storage_dir, remotes, cache_max=cache_max, remote_timeout=remote_timeout)
     if debug:
         logging.getLogger("kachery").setLevel(logging.DEBUG)
     if background:
@@ -55,6 +61,9 @@ def _child_arguments(kachery, allow_other, debug):
     arguments = ["--storage-dir", kachery.config.storage_dir]
     for remote in kachery.config.remotes:
         arguments += ["--remote", remote.url]
+    if kachery.config.cache_max is not None:
+        arguments += ["--cache-max", str(kachery.config.cache_max)]
+    arguments += ["--remote-timeout", str(kachery.config.remote_timeout)]
     if allow_other:
         arguments.append("--allow-other")
     if debug:
@@ -72,13 +81,5 @@ def unmount_command(mountpoint, lazy):
     lifecycle.unmount(mountpoint, lazy=lazy)
 
 
-def _entry_point(command, name):
-    def main():
-        configure_logging()
-        run_reporting_errors(command.main, prog_name=name)
-
-    return main
-
-
-mount_main = _entry_point(mount_command, "kachery-mount")
-unmount_main = _entry_point(unmount_command, "kachery-unmount")
+mount_main = entry_point(mount_command, "kachery-mount")
+unmount_main = entry_point(unmount_command, "kachery-unmount")

@@ -103,9 +103,12 @@ def serve(kachery, mountpoint, allow_other=False, debug=False):
     prepare_mountpoint(mountpoint)
     ready = threading.Event()
 
+    stats = _stats_file(kachery, mountpoint)
+
     def on_ready():  # called by the daemon once the kernel has connected
         ready.set()
         threading.Thread(target=_after_mount, args=(mountpoint,), daemon=True).start()
+        stats.start()
 
     try:
         run_fuse(Resolver(kachery), mountpoint, allow_other=allow_other, debug=debug,
@@ -115,8 +118,25 @@ def serve(kachery, mountpoint, allow_other=False, debug=False):
         # mount that never came up is a failure.
         if not ready.is_set():
             raise MountError(errno.EIO, f"could not mount {mountpoint} ({error})") from None
+    finally:
+        stats.stop()
     _ensure_unmounted(mountpoint)
     log.info("unmounted %s", mountpoint)
+
+
+def _stats_file(kachery, mountpoint):
+    """The mount's fetch counters and cache usage, refreshed in
+    <storage>/logs/mount-stats-<pid>.json for `kachery cache` to show."""
+    from kachery_core.stats import StatsFile
+
+    def collect():
+        objects, used = kachery.cache.usage()
+        return {"mountpoint": mountpoint, **kachery.stats.snapshot(),
+                "cache_objects": objects, "cache_bytes": used,
+                "cache_max": kachery.cache.max_bytes}
+
+    path = os.path.join(kachery.config.storage_dir, "logs", f"mount-stats-{os.getpid()}.json")
+    return StatsFile(path, collect)
 
 
 def _ensure_unmounted(mountpoint, grace=2.0):

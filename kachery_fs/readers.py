@@ -17,9 +17,13 @@ through Python; a reader whose bytes are not in a local file returns None and
 is read with ``read``.
 """
 
+import itertools
 import os
 
 from kachery_core.errors import HashMismatch
+
+#: Handles of readers without a file descriptor: far above any fd number.
+_remote_handles = itertools.count(1 << 40)
 
 
 class LocalReader:
@@ -47,14 +51,42 @@ class LocalReader:
         os.close(self.fd)
 
 
+class ChunkedReader:
+    """A remote file read chunk by chunk (SPEC §4): each read fetches only the
+    chunks it touches, verified against the trusted file manifest, through the
+    client's Fetcher (single flight, read-ahead, cached under the quota)."""
+
+    def __init__(self, fetcher, target, manifest):
+        self.fetcher = fetcher
+        self.target = target
+        self.manifest = manifest
+        self.handle = next(_remote_handles)
+
+    def read(self, size, offset):
+        return self.fetcher.read(self.target, self.manifest, offset, size)
+
+    def span(self, size, offset):
+        return None  # not in one local file: the adapter calls read()
+
+    def close(self):
+        pass
+
+
 def open_reader(kachery, target):
     """A reader for a FileTarget (algorithm, digest, size, manifest).
+
+    A file that is on this machine (store or cache) is read from its object
+    file. A remote file with a trusted file manifest is read chunk by chunk;
+    any other remote file is downloaded whole and verified first.
 
     Raises ObjectNotFound when no store has the object, and HashMismatch when
     the local object does not have the size the snapshot says (a cheap check
     that keeps a damaged store from serving wrong bytes at the end of a file).
     """
-    path = kachery.local_path(target.algorithm, target.digest)
+    local = kachery.find_local(target.algorithm, target.digest)
+    if local is None and target.manifest and kachery.fetcher is not None:
+        return ChunkedReader(kachery.fetcher, target, kachery.trusted_manifest(target))
+    path = local or kachery.local_path(target.algorithm, target.digest)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _check_size(fd, target)
