@@ -20,6 +20,7 @@ and ``download(algorithm, digest, cache) -> path``, so tests can pass fakes.
 import logging
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .errors import HashMismatch
@@ -30,6 +31,8 @@ log = logging.getLogger("kachery")
 
 #: Chunks fetched ahead of a sequential reader.
 READAHEAD_CHUNKS = 4
+#: Bytes read in order before a reader counts as sequential.
+SEQUENTIAL_RUN = 1024 * 1024
 
 
 class Fetcher:
@@ -42,7 +45,7 @@ class Fetcher:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kachery-fetch")
         self._lock = threading.Lock()
         self._in_flight = {}  # key -> Future
-        self._next_expected = {}  # target digest -> byte offset a sequential read asks next
+        self._runs = {}  # target digest -> (offset a sequential read asks next, bytes in order)
         self._chunks_done = {}  # target digest -> set of chunk indices cached
         self.stats = stats or Stats()
 
@@ -89,7 +92,10 @@ class Fetcher:
 
     def _download_counted(self, algorithm, digest, quiet=False):
         try:
+            started = time.monotonic()
             path = self._download(algorithm, digest, self.cache)
+            log.debug("fetched %s://%s whole in %.3f s", algorithm, digest,
+                      time.monotonic() - started)
         except HashMismatch:
             self.stats.add("verification_failures")
             raise
@@ -105,6 +111,7 @@ class Fetcher:
 
     def read(self, target, manifest, offset, size):
         """Bytes [offset, offset+size) of a FileTarget with a trusted FileManifest."""
+        log.debug("read %s://%s offset %d size %d", target.algorithm, target.digest, offset, size)
         end = min(offset + size, target.size)
         if offset >= end:
             return b""
@@ -134,11 +141,14 @@ class Fetcher:
         chunk = manifest.chunks[index]
         if self._have_chunk(target, chunk):  # a fetch that just finished got it
             return
+        started = time.monotonic()
         try:
             data = self._fetch_chunk(target, chunk)
         except HashMismatch:
             self.stats.add("verification_failures")
             raise
+        log.debug("fetched %s://%s bytes %d-%d (chunk %d) in %.3f s", target.algorithm,
+                  target.digest, chunk.start, chunk.end, index, time.monotonic() - started)
         self.stats.add("bytes_fetched", len(data))
         self.cache.put(data, "sha1", chunk.sha1)
         self._note_chunk(target, manifest, index)
@@ -170,10 +180,14 @@ class Fetcher:
         return None
 
     def _read_ahead(self, target, manifest, offset, end, next_index):
+        """Fetch the next chunks once a reader has gone SEQUENTIAL_RUN bytes in
+        order. (Not sooner: the kernel's own read-ahead makes even a single
+        small random read look sequential for a request or two.)"""
         with self._lock:
-            sequential = self._next_expected.get(target.digest) == offset
-            self._next_expected[target.digest] = end
-        if not sequential:
+            expected, run = self._runs.get(target.digest, (None, 0))
+            run = run + (end - offset) if expected == offset else end - offset
+            self._runs[target.digest] = (end, run)
+        if run < SEQUENTIAL_RUN:
             return
         for index in range(next_index, min(next_index + READAHEAD_CHUNKS, len(manifest.chunks))):
             self._chunk_future(target, manifest, index)

@@ -1,0 +1,236 @@
+"""Issue 5: a mount over an EMPTY storage directory reads snapshots that live
+only on remotes — lazily, chunk by chunk, verified, under a cache quota, and
+surviving a dead server. Real mounts, a real kachery-server process, and a
+small Range-capable mirror in the test that counts and can corrupt bytes."""
+
+import errno
+import hashlib
+import http.server
+import os
+import random
+import subprocess
+import threading
+import time
+
+import pytest
+
+from fs_helpers import Mount, needs_fuse
+from server_helpers import command_path, free_port, servers  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.fuse, pytest.mark.server, needs_fuse]
+
+CHUNK = 4 * 1024 * 1024
+BIG = 16 * CHUNK + 12345
+
+
+def store_snapshot(storage, tree):
+    env = dict(os.environ, KACHERY_STORAGE_DIR=str(storage), KACHERY_CONFIG="/nonexistent")
+    result = subprocess.run([command_path("kachery-store"), str(tree)], env=env, check=True,
+                            capture_output=True, text=True)
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    """(server storage dir, sha1dir URL, {relpath: bytes}) of a small tree and a big file."""
+    base = tmp_path_factory.mktemp("lazy")
+    tree = base / "tree"
+    rng = random.Random(5)
+    files = {
+        "big.bin": rng.randbytes(BIG),
+        "empty": b"",
+        "nested/deeper/note.txt": "ünïcode ✓\n".encode(),
+        **{f"small/s{i:02d}.dat": rng.randbytes(rng.randrange(1, 60_000)) for i in range(40)},
+    }
+    for relpath, data in files.items():
+        (tree / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (tree / relpath).write_bytes(data)
+    storage = base / "server-storage"
+    return storage, store_snapshot(storage, tree), files
+
+
+def snapshot_path(mount, url, relpath=""):
+    return os.path.join(mount.mountpoint, "sha1dir", url.split("://", 1)[1], relpath)
+
+
+class Mirror:
+    """A static HTTP mirror of a storage directory with single-range support,
+    counting the body bytes it sends per path; ``corrupt`` flips a byte of
+    every partial (206) answer."""
+
+    def __init__(self, root, corrupt=False):
+        self.root = str(root)
+        self.corrupt = corrupt
+        self.sent = {}
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                mirror.answer(self)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, request):
+        path = os.path.join(self.root, request.path.lstrip("/"))
+        if ".." in request.path or not os.path.isfile(path):
+            request.send_error(404)
+            return
+        data = open(path, "rb").read()
+        status, body = 200, data
+        header = request.headers.get("Range")
+        if header:
+            first, _, last = header.removeprefix("bytes=").partition("-")
+            start, end = int(first), min(int(last) + 1 if last else len(data), len(data))
+            status, body = 206, data[start:end]
+            if self.corrupt:
+                body = bytes([body[0] ^ 0xFF]) + body[1:]
+        request.send_response(status)
+        request.send_header("Content-Length", str(len(body)))
+        request.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            request.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+        request.end_headers()
+        request.wfile.write(body)
+        self.sent[request.path] = self.sent.get(request.path, 0) + len(body)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def object_rel(digest):
+    return f"/sha1/{digest[:2]}/{digest[2:4]}/{digest[4:6]}/{digest}"
+
+
+def cache_files(storage):
+    """{name: size} of the objects in the client's download cache."""
+    found = {}
+    for directory, _, names in os.walk(os.path.join(storage, "cache")):
+        if os.sep + "tmp" in directory:
+            continue
+        for name in names:
+            try:
+                found[name] = os.path.getsize(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+    return found
+
+
+# ------------------------------------------------------------------ tests
+
+def test_snapshot_only_on_a_server_reads_back_exactly(tmp_path, servers, snapshot):  # noqa: F811
+    storage, url, files = snapshot
+    server = servers.kachery(storage=storage)
+    with Mount(tmp_path / "mnt", tmp_path / "client", ["--remote", server.url]) as mount:
+        listing = subprocess.run(["ls", "-lR", snapshot_path(mount, url)], check=True,
+                                 capture_output=True, text=True).stdout
+        assert "big.bin" in listing and "note.txt" in listing
+        for relpath, data in files.items():
+            path = snapshot_path(mount, url, relpath)
+            assert os.path.getsize(path) == len(data), relpath
+            digest = subprocess.run(["sha1sum", path], check=True, capture_output=True,
+                                    text=True).stdout.split()[0]
+            assert digest == hashlib.sha1(data).hexdigest(), relpath
+        cat = subprocess.run(["cat", snapshot_path(mount, url, "nested/deeper/note.txt")],
+                             check=True, capture_output=True).stdout
+        assert cat == files["nested/deeper/note.txt"]
+    assert not os.path.exists(os.path.join(tmp_path, "client", "sha1"))  # nothing in the user's store
+
+
+def test_a_4k_read_at_a_random_offset_fetches_one_chunk(tmp_path, snapshot):
+    storage, url, files = snapshot
+    mirror = Mirror(storage)
+    try:
+        with Mount(tmp_path / "mnt", tmp_path / "client", ["--remote", mirror.url]) as mount:
+            offset = random.Random(9).randrange(BIG - 4096)
+            # Unbuffered: Python's buffered reader would ask for st_blksize (1 MiB).
+            fd = os.open(snapshot_path(mount, url, "big.bin"), os.O_RDONLY)
+            try:
+                assert os.pread(fd, 4096, offset) == files["big.bin"][offset:offset + 4096]
+            finally:
+                os.close(fd)
+            big = object_rel(hashlib.sha1(files["big.bin"]).hexdigest())
+            assert 0 < mirror.sent.get(big, 0) <= CHUNK
+    finally:
+        mirror.close()
+
+
+def test_corrupt_chunks_give_eio_never_wrong_bytes(tmp_path, snapshot):
+    storage, url, files = snapshot
+    bad, good = Mirror(storage, corrupt=True), Mirror(storage)
+    try:
+        with Mount(tmp_path / "mnt1", tmp_path / "client1", ["--remote", bad.url]) as mount:
+            with pytest.raises(OSError) as raised:
+                with open(snapshot_path(mount, url, "big.bin"), "rb") as file:
+                    file.read(4096)
+            assert raised.value.errno == errno.EIO
+            assert os.listdir(snapshot_path(mount, url))  # the mount is still up
+            assert not any(size == CHUNK for size in cache_files(tmp_path / "client1").values())
+        with Mount(tmp_path / "mnt2", tmp_path / "client2",
+                   ["--remote", bad.url, "--remote", good.url]) as mount:
+            with open(snapshot_path(mount, url, "big.bin"), "rb") as file:
+                file.seek(CHUNK - 10)
+                assert file.read(20) == files["big.bin"][CHUNK - 10:CHUNK + 10]
+    finally:
+        bad.close()
+        good.close()
+
+
+def test_cache_quota_holds_while_reading_three_times_its_size(tmp_path, servers, snapshot):  # noqa: F811
+    storage, url, files = snapshot
+    server = servers.kachery(storage=storage)
+    quota = 5 * CHUNK + CHUNK // 2  # BIG is more than three times this
+    client = tmp_path / "client"
+    args = ["--remote", server.url, "--cache-max", str(quota)]
+    with Mount(tmp_path / "mnt", client, args) as mount:
+        data = files["big.bin"]
+        with open(snapshot_path(mount, url, "big.bin"), "rb") as file:
+            for offset in range(0, BIG, CHUNK // 2):
+                assert file.read(CHUNK // 2) == data[offset:offset + CHUNK // 2]
+                assert sum(cache_files(client).values()) <= quota + CHUNK
+
+
+def test_dead_server_gives_eio_in_bounded_time_and_recovers(tmp_path, snapshot):
+    storage, url, files = snapshot
+    port = free_port()
+    server_url = f"http://127.0.0.1:{port}"
+
+    def start_server():
+        process = subprocess.Popen(
+            [command_path("kachery-server"), "--storage", str(storage), "--port", str(port),
+             "--config", str(tmp_path / "server.toml")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while subprocess.run(["curl", "-s", "-o", "/dev/null", server_url],
+                             capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        return process
+
+    server = start_server()
+    args = ["--remote", server_url, "--remote-timeout", "2"]
+    try:
+        with Mount(tmp_path / "mnt", tmp_path / "client", args) as mount:
+            path = snapshot_path(mount, url, "big.bin")
+            with open(path, "rb") as file:
+                assert file.read(100) == files["big.bin"][:100]
+                server.kill()
+                server.wait()
+                started = time.monotonic()
+                with pytest.raises(OSError) as raised:
+                    file.seek(12 * CHUNK)
+                    file.read(100)
+                assert raised.value.errno == errno.EIO
+                assert time.monotonic() - started < 15
+                assert file.seek(0) == 0 and file.read(100) == files["big.bin"][:100]  # cached
+                server = start_server()
+                file.seek(12 * CHUNK)
+                assert file.read(100) == files["big.bin"][12 * CHUNK:12 * CHUNK + 100]
+    finally:
+        server.kill()
+        server.wait()
