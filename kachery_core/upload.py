@@ -64,6 +64,8 @@ class RecordingBatch(WriteBatch):
         self._early = {}  # (algorithm, digest) -> Future of its upload
         self._pool = None
         self._memory_left = MEMORY_BUDGET if remotes is not None else 0
+        # Snapshots store their files from several threads (ingest.snapshot_dir).
+        self._lock = threading.Lock()
 
     def add(self, temp_path, algorithm, digest):
         super().add(temp_path, algorithm, digest)
@@ -75,11 +77,18 @@ class RecordingBatch(WriteBatch):
             return
         if self.store.has(algorithm, digest):
             self.recorded[key] = None
-        elif len(data) <= min(SMALL_OBJECT, self._memory_left):
-            self._memory_left -= len(data)
+        elif self._take_memory(len(data)):
             self.recorded[key] = bytes(data)
         else:
             super().write_bytes(data, algorithm, digest)
+
+    def _take_memory(self, size):
+        """Reserve room for a small object kept in memory; False when over budget."""
+        with self._lock:
+            if size > min(SMALL_OBJECT, self._memory_left):
+                return False
+            self._memory_left -= size
+            return True
 
     # ------------------------------------------------------ large files
 
@@ -107,13 +116,14 @@ class RecordingBatch(WriteBatch):
         return size, digest, chunks
 
     def _upload_early(self, key):
-        if key in self._early:
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-early")
         remotes = self._remotes.result()
-        self._early[key] = self._pool.submit(_upload_if_missing, remotes, *key,
-                                             self._references[key], self.progress)
+        with self._lock:
+            if key in self._early:
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-early")
+            self._early[key] = self._pool.submit(_upload_if_missing, remotes, *key,
+                                                 self._references[key], self.progress)
 
     def wait_early(self):
         """Wait for the early uploads; raise the first failure; return their keys."""
