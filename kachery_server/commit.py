@@ -1,18 +1,20 @@
 """Group commit of verified uploads (git's ``core.fsyncMethod=batch``, server side).
 
 Every upload that finished receiving and verifying waits here. One worker
-publishes whatever has accumulated as one group: flush the file system's data,
-rename each temp file to its object name, flush again so the renames are
+publishes whatever has accumulated as one group: flush the temp files' data,
+rename each to its object name, flush the directories so the renames are
 durable, then answer every request of the group. Uploads that arrive during a
-flush form the next group. So N concurrent small uploads cost two flushes, not
-N fsyncs plus directory fsyncs, and an object name still never points at
-bytes that might not be on disk.
+flush form the next group. A group of a few uploads is flushed file by file
+(fsync), a larger one with one syncfs(2) each time: N concurrent small uploads
+cost two flushes, not N fsyncs plus directory fsyncs, and an object name never
+points at bytes that might not be on disk.
 """
 
 import asyncio
 import logging
+import os
 
-from kachery_core.durability import flush_filesystem
+from kachery_core.durability import flush_paths
 
 log = logging.getLogger("kachery.server")
 
@@ -60,10 +62,14 @@ class GroupCommitter:
                     future.set_result(result)
 
     def _commit(self, items):
-        """Flush, rename each, flush; one result (bool or exception) per item."""
-        flush_filesystem(self.store.root)
+        """Flush, rename each, flush; one result (bool or exception) per item.
+
+        flush_paths fsyncs a handful of paths one by one and takes one
+        syncfs(2) for more, like the local store's WriteBatch.
+        """
+        flush_paths([temp_path for temp_path, _, _ in items], self.store.root)
         results = [self._rename(*item) for item in items]
-        flush_filesystem(self.store.root)
+        flush_paths(_directories(self.store, items), self.store.root)
         return results
 
     def _rename(self, temp_path, algorithm, digest):
@@ -74,3 +80,16 @@ class GroupCommitter:
         except OSError as error:
             log.error("kachery-server: could not publish %s://%s: %s", algorithm, digest, error)
             return error
+
+
+def _directories(store, items):
+    """The object folders of ``items`` and the fan-out folders above them
+    (a rename may have created them), deepest first, each once."""
+    found = []
+    for _, algorithm, digest in items:
+        directory = os.path.dirname(store.object_path(algorithm, digest))
+        for _ in range(4):
+            if directory not in found:
+                found.append(directory)
+            directory = os.path.dirname(directory)
+    return found
