@@ -85,11 +85,10 @@ class GroupCommitter:
 def _directories(store, items):
     """The object folders of ``items`` and the fan-out folders above them
     (a rename may have created them), deepest first, each once."""
-    found = []
+    found = {}  # an ordered set
     for _, algorithm, digest in items:
         directory = os.path.dirname(store.object_path(algorithm, digest))
         for _ in range(4):
-            if directory not in found:
-                found.append(directory)
+            found[directory] = None
             directory = os.path.dirname(directory)
-    return found
+    return list(found)
