@@ -59,6 +59,7 @@ class Kachery:
         self.store = LocalStore(self.config.storage_dir)
         self._remotes = remotes
         self._lock = threading.Lock()
+        self._parse_lock = threading.Lock()
         self._dir_manifests = LRUCache(maxsize=32)
         self._file_manifests = LRUCache(maxsize=1024)
         self.cache = CacheArea(self.config.storage_dir, self.config.cache_max)
@@ -145,14 +146,25 @@ class Kachery:
         return self._parsed(self._file_manifests, digest, parse_file_manifest, "sha1")
 
     def _parsed(self, cache, digest, parse, scheme):
-        """Parse a manifest object once; later calls get the cached result."""
-        with self._lock:  # an LRU lookup reorders the cache: not thread safe alone
-            parsed = cache.get(digest)
+        """Parse a manifest object once; later calls get the cached result.
+
+        Parses are serialized: when many mount threads ask for the same new
+        100,000-file snapshot at once, one parses it and the others wait for
+        that result instead of parsing it again.
+        """
+        parsed = self._cached(cache, digest)
         if parsed is None:
-            parsed = parse(self.read_manifest_object(digest), f"{scheme}://{digest}")
-            with self._lock:
-                cache[digest] = parsed
+            with self._parse_lock:
+                parsed = self._cached(cache, digest)
+                if parsed is None:
+                    parsed = parse(self.read_manifest_object(digest), f"{scheme}://{digest}")
+                    with self._lock:
+                        cache[digest] = parsed
         return parsed
+
+    def _cached(self, cache, digest):
+        with self._lock:  # an LRU lookup reorders the cache: not thread safe alone
+            return cache.get(digest)
 
     # ------------------------------------------------------------ objects
 

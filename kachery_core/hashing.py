@@ -6,24 +6,24 @@ joined into a file-system path.
 """
 
 import hashlib
+import re
 
 from .errors import InvalidHash
 
 #: Supported file-object algorithms and the length of their hex digests.
 DIGEST_LENGTHS = {"sha1": 40, "md5": 32}
 
-_HEX = frozenset("0123456789abcdef")
+# A compiled pattern per algorithm: manifests of 100,000 files check 100,000 hashes.
+_MATCHERS = {
+    algorithm: re.compile(f"[0-9a-fA-F]{{{length}}}").fullmatch
+    for algorithm, length in DIGEST_LENGTHS.items()
+}
 
 
 def is_valid_hash(algorithm, value):
     """True when ``value`` is a lower- or upper-case hex digest of ``algorithm``."""
-    length = DIGEST_LENGTHS.get(algorithm)
-    return (
-        length is not None
-        and isinstance(value, str)
-        and len(value) == length
-        and _HEX.issuperset(value.lower())
-    )
+    matcher = _MATCHERS.get(algorithm)
+    return matcher is not None and isinstance(value, str) and matcher(value) is not None
 
 
 def validate_hash(algorithm, value):
