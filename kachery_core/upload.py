@@ -41,6 +41,10 @@ MEMORY_BUDGET = 256 * 1024 * 1024
 READ_BLOCK = 8 * 1024 * 1024
 
 
+class UploadCancelled(Exception):
+    """Raised inside an early upload whose batch was discarded."""
+
+
 class RecordingBatch(WriteBatch):
     """A WriteBatch that also remembers every object the action produced.
 
@@ -62,6 +66,7 @@ class RecordingBatch(WriteBatch):
         self._remotes = remotes
         self._references = {}
         self._early = {}  # (algorithm, digest) -> Future of its upload
+        self._stop = threading.Event()  # set by discard: running early uploads give up
         self._pool = None
         self._memory_left = MEMORY_BUDGET if remotes is not None else 0
         # Snapshots store their files from several threads (ingest.snapshot_dir).
@@ -123,7 +128,14 @@ class RecordingBatch(WriteBatch):
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-early")
             self._early[key] = self._pool.submit(_upload_if_missing, remotes, *key,
-                                                 self._references[key], self.progress)
+                                                 self._references[key], self._early_progress)
+
+    def _early_progress(self, count):
+        """Progress of an early upload; also where it learns that it must stop."""
+        if self._stop.is_set():
+            raise UploadCancelled()
+        if self.progress:
+            self.progress(count)
 
     def wait_early(self):
         """Wait for the early uploads; raise the first failure; return their keys."""
@@ -144,6 +156,7 @@ class RecordingBatch(WriteBatch):
     def discard(self):
         """Drop everything, in-memory objects too (a later commit publishes nothing)."""
         super().discard()
+        self._stop.set()  # e.g. Ctrl-C: do not wait for a large upload to finish
         for future in self._early.values():
             future.cancel()
         if self._pool is not None:

@@ -243,3 +243,41 @@ def test_upload_only_from_a_pipe(servers, env, run_cli, tmp_path):
     assert stored_objects(a["KACHERY_STORAGE_DIR"]) == []
     path = ok(run_cli("kachery-load", url, env=env("B", server.url)))
     assert open(path, "rb").read() == data
+
+
+def test_discarding_the_batch_stops_a_running_early_upload(tmp_path):
+    """Ctrl-C during --upload-only of a large file must not wait for the upload."""
+    import threading
+    import time
+    from concurrent.futures import Future
+
+    from kachery_core.store import LocalStore
+    from kachery_core.upload import RecordingBatch, UploadCancelled
+
+    started = threading.Event()
+
+    class SlowRemote:
+        def has_many(self, objects):
+            return set()
+
+        def upload(self, algorithm, digest, path, progress=None):
+            started.set()
+            for _ in range(1000):  # ten seconds unless progress() stops it
+                time.sleep(0.01)
+                progress(1)
+
+    remotes = Future()
+    remotes.set_result(SlowRemote())
+    big = tmp_path / "big.bin"
+    big.write_bytes(pseudo_random(3 * 1000 * 1000, 8))
+    batch = RecordingBatch(LocalStore(tmp_path / "store"), remotes)
+    with open(big, "rb", buffering=0) as source:
+        batch.hash_in_place(source, "sha1")
+    assert started.wait(5)
+    begun = time.monotonic()
+    batch.discard()
+    assert time.monotonic() - begun < 1
+    future = next(iter(batch._early.values()), None)
+    assert future is None  # discard forgot it
+    with pytest.raises(UploadCancelled):
+        batch._early_progress(1)
