@@ -6,6 +6,13 @@ its own sha1, so chunks and whole objects are both simply objects here.
 Objects the user stored (``<storage>/sha1/...``) are never touched; only this
 area is evicted, least recently used first, down to a low-water mark when a
 size quota is set or the disk is full.
+
+Durability: downloads are not flushed one by one (an fsync per small file
+would cap a cold `cat dir/*` at the disk's flush rate). Instead an object is
+trusted without re-hashing only if it was written since the machine booted —
+within one boot the page cache and the disk agree, so its bytes are the
+verified bytes that were written. An object from before the last boot (it
+may have been torn by a crash) is re-hashed on first use and dropped if bad.
 """
 
 import errno
@@ -32,12 +39,44 @@ class CacheArea(LocalStore):
     recently used first.
     """
 
+    durable_writes = False  # see the module docstring
+
     def __init__(self, storage_root, max_bytes=None):
         super().__init__(os.path.join(os.fspath(storage_root), CACHE_DIR))
         self.max_bytes = max_bytes
+        self._boot_time = _boot_time()
+        self._checked = set()  # (algorithm, digest) re-hashed in this process
         self._lock = threading.RLock()
         self._entries = None  # (algorithm, digest) -> size, oldest use first
         self._usage = 0
+
+    # ------------------------------------------------------------- lookups
+
+    def has(self, algorithm, digest):
+        """True when a trustworthy copy of the object is in the cache."""
+        return self.find(algorithm, digest) is not None
+
+    def find(self, algorithm, digest):
+        """Path of a trustworthy cached object, or None (see the module docstring)."""
+        path = self.object_path(algorithm, digest)
+        try:
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:
+            return None
+        if mtime >= self._boot_time or (algorithm, digest) in self._checked:
+            return path
+        return self._recheck(algorithm, digest, path)
+
+    def _recheck(self, algorithm, digest, path):
+        from .verify import hash_file
+
+        if hash_file(path, algorithm) != digest:
+            log.warning("cache: %s://%s was damaged (before a reboot); dropped", algorithm, digest)
+            self.discard(algorithm, digest)
+            return None
+        with self._lock:
+            self._checked.add((algorithm, digest))
+        return path
 
     # ----------------------------------------------------------- accounting
 
@@ -164,6 +203,18 @@ def _write_or_evict(cache, fd, data):
             retried = True
             log.warning("cache: disk full, evicting the download cache")
             cache.evict(0)
+
+
+def _boot_time():
+    """When this machine booted (seconds since the epoch); 0 if unknown."""
+    try:
+        with open("/proc/stat") as file:
+            for line in file:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
 
 
 def _unlink_quietly(path):

@@ -183,11 +183,10 @@ class Kachery:
         path = self.store.object_path(algorithm, digest)
         if os.path.exists(path):
             return path
-        path = self.cache.object_path(algorithm, digest)
-        if os.path.exists(path):
+        path = self.cache.find(algorithm, digest)
+        if path is not None:
             self.cache.touch(algorithm, digest)
-            return path
-        return None
+        return path
 
     def local_path(self, algorithm, digest):
         """Path of the object on this machine, downloading it (verified) if needed.

@@ -75,8 +75,8 @@ class Fetcher:
 
     def object_path(self, algorithm, digest):
         """Path of a whole object in the cache, downloading it (once) if needed."""
-        path = self.cache.object_path(algorithm, digest)
-        if os.path.exists(path):
+        path = self.cache.find(algorithm, digest)
+        if path is not None:
             self.stats.add("cache_hits")
             self.cache.touch(algorithm, digest)
             return path
@@ -86,7 +86,7 @@ class Fetcher:
 
     def prefetch(self, algorithm, digest):
         """Start downloading an object in the background (no wait, errors logged)."""
-        if not os.path.exists(self.cache.object_path(algorithm, digest)):
+        if not self.cache.has(algorithm, digest):
             self._shared(("object", algorithm, digest),
                          lambda: self._download_counted(algorithm, digest, quiet=True))
 

@@ -241,14 +241,16 @@ class RemoteSet:
                 raise _TransferFailed(f"body ended after {size} of {expected} bytes")
             if got != digest:
                 raise HashMismatch(digest, got, f"download from {response.url}")
-            os.fsync(fd)  # data durable before the name exists (SPEC §2)
+            if store.durable_writes:
+                os.fsync(fd)  # data durable before the name exists (SPEC §2)
         except BaseException:
             os.close(fd)
             os.unlink(temp_path)
             raise
         os.close(fd)
         final = store.publish(temp_path, algorithm, digest)
-        _fsync_parents(final, store.root)
+        if store.durable_writes:
+            _fsync_parents(final, store.root)
         return final
 
     def fetch_chunk(self, target, chunk):

@@ -26,6 +26,9 @@ _HOST = socket.gethostname().replace(".", "_") or "localhost"
 class LocalStore:
     """Objects on the local disk, named by their hash."""
 
+    #: Objects are flushed to disk before they get their name (SPEC §2).
+    durable_writes = True
+
     def __init__(self, root):
         self.root = os.path.abspath(os.fspath(root))
 

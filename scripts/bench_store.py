@@ -110,7 +110,7 @@ def bench_cat(big, small, store, copy, env, repeat):
     kachery, _ = result["kachery-cat"]
     base = result["cat"][0]
     _, rss = run_measured(["kachery-cat", url], env=env)
-    return [["kachery-cat | wc -c vs cat | wc -c", f"{kachery:.2f}", f"{base:.2f}",
+    return [["`kachery-cat \\| wc -c` vs `cat \\| wc -c`", f"{kachery:.2f}", f"{base:.2f}",
              f"{kachery / base:.2f}", "≤ 1.3", f"{rss:.0f}"]]
 
 

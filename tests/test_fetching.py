@@ -123,3 +123,19 @@ def _bytes_on_disk(root):
             except FileNotFoundError:
                 pass
     return total
+
+
+def test_cached_objects_from_before_a_reboot_are_rehashed(tmp_path):
+    cache = CacheArea(tmp_path / "storage")
+    good, bad = b"good bytes", b"torn by a crash"
+    good_digest, bad_digest = (hashlib.sha1(data).hexdigest() for data in (good, bad))
+    for data, digest in ((good, good_digest), (bad, bad_digest)):
+        cache.put(data, "sha1", digest)
+    with open(cache.object_path("sha1", bad_digest), "wb") as file:
+        file.write(b"\0" * len(bad))  # what a crash before writeback can leave
+    assert cache.has("sha1", bad_digest)  # written in this boot: trusted as is
+    for digest in (good_digest, bad_digest):
+        os.utime(cache.object_path("sha1", digest), (0, 0))  # "before the last boot"
+    assert cache.find("sha1", good_digest) == cache.object_path("sha1", good_digest)
+    assert cache.find("sha1", bad_digest) is None
+    assert not os.path.exists(cache.object_path("sha1", bad_digest))
