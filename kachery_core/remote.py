@@ -235,8 +235,10 @@ class RemoteSet:
     def _receive(self, response, algorithm, digest, store, progress):
         fd, temp_path = store.create_temp()
         try:
-            got, size = _pump(_body_reader(response), fd, new_hasher(algorithm), self._pool, progress)
             expected = response.headers.get("Content-Length", "")
+            block = min(RECEIVE_BLOCK, int(expected) + 1) if expected.isdigit() else RECEIVE_BLOCK
+            got, size = _pump(_body_reader(response), fd, new_hasher(algorithm), self._pool,
+                              progress, block)
             if expected.isdigit() and size != int(expected):  # http.client does not raise on this
                 raise _TransferFailed(f"body ended after {size} of {expected} bytes")
             if got != digest:
@@ -559,13 +561,14 @@ def _body_reader(response):
     return raw.readinto
 
 
-def _pump(readinto, fd, hasher, pool, progress):
+def _pump(readinto, fd, hasher, pool, progress, block_size=RECEIVE_BLOCK):
     """Copy a response body to ``fd`` while hashing; return (hex digest, size).
 
     Double-buffered: while one block is hashed and written (two workers, both
-    release the GIL) the next is received.
+    release the GIL) the next is received. ``block_size`` is smaller for a
+    small body: allocating two 4 MiB buffers cost more than fetching 50 KB.
     """
-    buffers = (bytearray(RECEIVE_BLOCK), bytearray(RECEIVE_BLOCK))
+    buffers = (bytearray(block_size), bytearray(block_size))
     turn, written, jobs = 0, 0, ()
     while True:
         count = _receive_into(readinto, buffers[turn])
@@ -574,7 +577,11 @@ def _pump(readinto, fd, hasher, pool, progress):
         if not count:
             return hasher.hexdigest(), written
         block = memoryview(buffers[turn])[:count]
-        jobs = (pool.submit(hasher.update, block), pool.submit(_write_all, fd, block))
+        if block_size < RECEIVE_BLOCK:  # a small body: handing it to workers costs more
+            hasher.update(block)
+            _write_all(fd, block)
+        else:
+            jobs = (pool.submit(hasher.update, block), pool.submit(_write_all, fd, block))
         if (written + count) // WRITEBACK_STEP != written // WRITEBACK_STEP:
             start_writeback(fd, 0, 0)
         written += count
