@@ -108,6 +108,8 @@ def serve(kachery, mountpoint, allow_other=False, debug=False):
     def on_ready():  # called by the daemon once the kernel has connected
         ready.set()
         threading.Thread(target=_after_mount, args=(mountpoint,), daemon=True).start()
+        # The HTTP client's import takes ~0.2 s: pay it now, not in the first read.
+        threading.Thread(target=lambda: kachery.fetcher, daemon=True).start()
         stats.start()
 
     try:
