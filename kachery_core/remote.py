@@ -238,7 +238,7 @@ class RemoteSet:
             expected = response.headers.get("Content-Length", "")
             block = min(RECEIVE_BLOCK, int(expected) + 1) if expected.isdigit() else RECEIVE_BLOCK
             got, size = _pump(_body_reader(response), fd, new_hasher(algorithm), self._pool,
-                              progress, block)
+                              progress, block, early_writeback=store.durable_writes)
             if expected.isdigit() and size != int(expected):  # http.client does not raise on this
                 raise _TransferFailed(f"body ended after {size} of {expected} bytes")
             if got != digest:
@@ -281,10 +281,10 @@ class RemoteSet:
                     raise _TransferFailed(f"body ended after {count} of {len(data)} bytes")
             except _TransferFailed as error:
                 raise RemoteUnavailable(remote.url, f"transfer of {path} broke: {error}") from None
-        got = digest_bytes("sha1", memoryview(data)[:count])
+        got = digest_bytes("sha1", data)  # count == len(data) here
         if got != chunk.sha1:
             raise HashMismatch(chunk.sha1, got, f"chunk of {path} from {remote.url}")
-        return bytes(memoryview(data)[:count])
+        return data  # a bytearray: no 4 MiB copy into bytes
 
     # ------------------------------------------------------------ uploads
 
@@ -561,12 +561,14 @@ def _body_reader(response):
     return raw.readinto
 
 
-def _pump(readinto, fd, hasher, pool, progress, block_size=RECEIVE_BLOCK):
+def _pump(readinto, fd, hasher, pool, progress, block_size=RECEIVE_BLOCK, early_writeback=True):
     """Copy a response body to ``fd`` while hashing; return (hex digest, size).
 
     Double-buffered: while one block is hashed and written (two workers, both
     release the GIL) the next is received. ``block_size`` is smaller for a
     small body: allocating two 4 MiB buffers cost more than fetching 50 KB.
+    ``early_writeback`` starts disk writes as the body arrives, for a file
+    that will be flushed anyway (the cache's are not; see cache.py).
     """
     buffers = (bytearray(block_size), bytearray(block_size))
     turn, written, jobs = 0, 0, ()
@@ -582,7 +584,7 @@ def _pump(readinto, fd, hasher, pool, progress, block_size=RECEIVE_BLOCK):
             _write_all(fd, block)
         else:
             jobs = (pool.submit(hasher.update, block), pool.submit(_write_all, fd, block))
-        if (written + count) // WRITEBACK_STEP != written // WRITEBACK_STEP:
+        if early_writeback and (written + count) // WRITEBACK_STEP != written // WRITEBACK_STEP:
             start_writeback(fd, 0, 0)
         written += count
         turn ^= 1
