@@ -5,6 +5,8 @@ import json
 import os
 import threading
 
+from .store import pid_alive
+
 
 class Stats:
     def __init__(self):
@@ -65,20 +67,10 @@ def read_stats_files(directory, prefix="mount-stats-"):
         return found
     for name in names:
         pid = name.removeprefix(prefix).removesuffix(".json")
-        if name.startswith(prefix) and name.endswith(".json") and pid.isdigit() and _alive(int(pid)):
+        if name.startswith(prefix) and name.endswith(".json") and pid.isdigit() and pid_alive(int(pid)):
             try:
                 with open(os.path.join(directory, name)) as file:
                     found[int(pid)] = json.load(file)
             except (OSError, ValueError):
                 continue
     return found
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -207,14 +207,15 @@ def _is_stale_temp(entry, cutoff):
     host, _, rest = entry.name.partition(".")
     pid = rest.split(".", 1)[0]
     if host == _HOST and pid.isdigit():
-        return not _pid_alive(int(pid))
+        return not pid_alive(int(pid))
     try:
         return entry.stat().st_mtime < cutoff
     except FileNotFoundError:
         return False
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
+    """True when a process with this pid exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
