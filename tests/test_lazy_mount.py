@@ -6,6 +6,7 @@ small Range-capable mirror in the test that counts and can corrupt bytes."""
 import errno
 import hashlib
 import http.server
+import json
 import os
 import random
 import subprocess
@@ -121,6 +122,37 @@ def cache_files(storage):
     return found
 
 
+def assert_counters_shown(client_storage, at_least):
+    """`kachery cache` shows the running mount's fetch counters (refreshed each second)."""
+    deadline = time.monotonic() + 5
+    while True:
+        report = json.loads(subprocess.run(
+            [command_path("kachery"), "cache", "--storage-dir", str(client_storage)],
+            check=True, capture_output=True, text=True).stdout)
+        counters = report["mounts"][0] if report["mounts"] else {}
+        if counters.get("bytes_fetched", 0) >= at_least or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert counters["bytes_fetched"] >= at_least
+    assert counters["cache_misses"] > 0 and counters.get("verification_failures", 0) == 0
+    assert report["bytes"] >= at_least
+
+
+def test_commands_print_mount_paths(run_cli, tmp_path, snapshot):
+    storage, url, _ = snapshot
+    mount_point = str(tmp_path / "m")
+    expected = os.path.join(mount_point, "sha1dir", url.split("://", 1)[1], "nested")
+    info = run_cli("kachery-info", f"{url}/nested", "--mount-point", mount_point,
+                   "--storage-dir", storage, check=True)
+    assert json.loads(info.stdout)["mount_path"] == expected
+    (tmp_path / "f.txt").write_bytes(b"x")
+    stored = run_cli("kachery-store", "--mount-path", tmp_path / "f.txt",
+                     env={"KACHERY_MOUNT": mount_point, "KACHERY_STORAGE_DIR": str(tmp_path / "s")},
+                     check=True)
+    digest = hashlib.sha1(b"x").hexdigest()
+    assert stored.stdout.decode().strip() == os.path.join(mount_point, "sha1", digest)
+
+
 # ------------------------------------------------------------------ tests
 
 def test_snapshot_only_on_a_server_reads_back_exactly(tmp_path, servers, snapshot):  # noqa: F811
@@ -139,6 +171,7 @@ def test_snapshot_only_on_a_server_reads_back_exactly(tmp_path, servers, snapsho
         cat = subprocess.run(["cat", snapshot_path(mount, url, "nested/deeper/note.txt")],
                              check=True, capture_output=True).stdout
         assert cat == files["nested/deeper/note.txt"]
+        assert_counters_shown(tmp_path / "client", sum(map(len, files.values())))
     assert not os.path.exists(os.path.join(tmp_path, "client", "sha1"))  # nothing in the user's store
 
 
