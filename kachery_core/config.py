@@ -28,12 +28,13 @@ def default_storage_dir():
     return os.path.join(os.path.expanduser("~"), "kachery-storage")
 
 
-def config_file_path():
-    explicit = os.environ.get("KACHERY_CONFIG")
+def config_file_path(variable="KACHERY_CONFIG", name="config.toml"):
+    """``$variable`` if set, else ``<XDG config dir>/kachery/<name>``."""
+    explicit = os.environ.get(variable)
     if explicit:
         return explicit
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "kachery", "config.toml")
+    return os.path.join(base, "kachery", name)
 
 
 @dataclass(frozen=True)

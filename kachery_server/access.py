@@ -28,7 +28,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 
-from kachery_core.config import parse_size
+from kachery_core.config import config_file_path, parse_size
 from kachery_core.errors import ConfigError
 
 DEFAULT_MAX_UPLOAD = "64G"
@@ -36,11 +36,8 @@ DEFAULT_PORT = 8080
 
 
 def default_config_path():
-    explicit = os.environ.get("KACHERY_SERVER_CONFIG")
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "kachery", "server.toml")
+    """``$KACHERY_SERVER_CONFIG``, else ``~/.config/kachery/server.toml``."""
+    return config_file_path("KACHERY_SERVER_CONFIG", "server.toml")
 
 
 @dataclass(frozen=True)
