@@ -141,7 +141,7 @@ def load_command(url, dest, storage_dir, remotes):
         return
     receiving = _download_progress(kachery, target)
     if dest:
-        path = export_file(kachery, target.algorithm, target.digest, dest)
+        path = export_file(kachery, target, dest)
     else:
         path = kachery.file_path(target)
     if receiving:

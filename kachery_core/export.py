@@ -3,12 +3,13 @@
 import os
 import shutil
 
+from .client import FileTarget
 from .manifest import DirEntry
 
 
-def export_file(kachery, algorithm, digest, dest):
-    """Copy an object to ``dest`` atomically (temp name, then rename)."""
-    source = kachery.local_path(algorithm, digest)
+def export_file(kachery, target, dest):
+    """Copy a FileTarget's bytes to ``dest`` atomically (temp name, then rename)."""
+    source = kachery.file_path(target)
     partial = _partial_name(dest)
     try:
         # Create the temp name ourselves (O_EXCL): copyfile would write through a
@@ -45,7 +46,8 @@ def _write_tree(kachery, entry, path, progress):
     os.makedirs(path)
     for name, file_entry in entry.files.items():
         algorithm, digest = file_entry.algorithm_and_hash
-        shutil.copyfile(kachery.local_path(algorithm, digest), os.path.join(path, name))
+        target = FileTarget(algorithm, digest, file_entry.size, file_entry.manifest)
+        shutil.copyfile(kachery.file_path(target), os.path.join(path, name))
         if progress:
             progress(file_entry.size)
     for name, sub in entry.dirs.items():

@@ -181,10 +181,11 @@ def test_export_never_writes_through_a_planted_symlink(tmp_path):
     dest.parent.mkdir()
     os.symlink(victim, _partial_name(dest))
     kachery = Kachery()
+    target = kachery.resolve_file(url)
     try:
-        export_file(kachery, "sha1", url.split("/")[2], dest)
+        export_file(kachery, target, dest)
     except OSError:
         pass  # refusing is fine; writing through the link is not
     assert victim.read_bytes() == b"precious"
-    export_file(kachery, "sha1", url.split("/")[2], dest)  # the planted link is gone now
+    export_file(kachery, target, dest)  # the planted link is gone now
     assert dest.read_bytes() == b"payload"
