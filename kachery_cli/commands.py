@@ -13,7 +13,8 @@ import sys
 import click
 
 from kachery_core.client import DirTarget, Kachery
-from kachery_core.config import Remote, load_config
+from kachery_core.config import load_config
+from kachery_core.urls import dir_url
 
 from .exit_codes import ExitStatus, run_click_command
 from .exit_codes import _silence_stdout as silence_stdout
@@ -25,9 +26,7 @@ def make_kachery(storage_dir=None, remotes=(), **overrides):
     (``overrides`` are Config fields; None means "not given")."""
     config = load_config()
     if remotes:
-        tokens = {remote.url: remote.token for remote in config.remotes}
-        urls = [url.rstrip("/") for url in remotes]
-        config = config.with_overrides(remotes=tuple(Remote(u, tokens.get(u)) for u in urls))
+        config = config.with_remote_urls(remotes)
     return Kachery(config.with_overrides(storage_dir=storage_dir, **overrides))
 
 
@@ -109,8 +108,7 @@ def _store_one(kachery, batch, path, algorithm, label, progress):
     name = os.path.basename(os.path.abspath(path))
     if os.path.isdir(path):
         digest, tree = kachery.store_dir(path, batch, progress)
-        text = label if label is not None else name
-        url = f"sha1dir://{digest}.{text}" if text else f"sha1dir://{digest}"
+        url = dir_url(digest, label if label is not None else name)
         files, size = tree.count()
         return {"path": path, "url": url, "sha1dir": digest, "files": files, "size": size}
     stored = kachery.store_file(path, algorithm, batch, progress)

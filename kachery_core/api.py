@@ -20,10 +20,10 @@ import os
 import shutil
 
 from .client import DirTarget, Kachery
-from .config import Remote, load_config
+from .config import load_config
 from .errors import ObjectNotFound
 from .manifest import DirEntry, FileEntry
-from .urls import parse_url
+from .urls import dir_url, parse_url
 
 
 def none_if_missing(load):
@@ -43,9 +43,8 @@ def client(storage_dir=None, remotes=None):
     """A Kachery client from the configuration plus these overrides."""
     config = load_config()
     if remotes is not None:
-        tokens = {remote.url: remote.token for remote in config.remotes}
-        remotes = tuple(Remote(url.rstrip("/"), tokens.get(url.rstrip("/"))) for url in remotes)
-    return Kachery(config.with_overrides(storage_dir=storage_dir, remotes=remotes))
+        config = config.with_remote_urls(remotes)
+    return Kachery(config.with_overrides(storage_dir=storage_dir))
 
 
 # -------------------------------------------------------------------- store
@@ -64,7 +63,7 @@ def store_dir(dirpath, label=None, **options):
     kachery = client(options.get("storage_dir"), options.get("remotes"))
     digest, _ = _store(kachery, lambda batch: kachery.store_dir(dirpath, batch), options)
     label = label if label is not None else os.path.basename(os.path.abspath(dirpath))
-    return f"sha1dir://{digest}.{label}" if label else f"sha1dir://{digest}"
+    return dir_url(digest, label)
 
 
 def store_text(text, basename="file.txt", **options):

@@ -54,6 +54,12 @@ class Config:
         """A copy with every override that is not None applied."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
+    def with_remote_urls(self, urls):
+        """A copy reading from ``urls`` instead, keeping tokens configured for them."""
+        tokens = {remote.url: remote.token for remote in self.remotes}
+        stripped = [_strip_slash(url) for url in urls]
+        return replace(self, remotes=tuple(Remote(url, tokens.get(url)) for url in stripped))
+
 
 def load_config(path=None, environ=None):
     """Read defaults, the config file and the environment into a Config."""

@@ -71,6 +71,11 @@ class HashURL:
         return f"sha1dir/{top}" + (f"/{self.path}" if self.path else "")
 
 
+def dir_url(digest, label=None):
+    """``sha1dir://<digest>[.<label>]`` (no label when it is None or empty)."""
+    return f"sha1dir://{digest}.{label}" if label else f"sha1dir://{digest}"
+
+
 def parse_url(text):
     """Parse ``text`` into a :class:`HashURL`; raise :class:`InvalidURL`."""
     if not isinstance(text, str):

@@ -5,7 +5,6 @@ waits for the mount, and always unmounts and stops the process on close,
 even when the test failed (a stale mount is detached lazily).
 """
 
-import errno
 import os
 import shutil
 import signal
@@ -17,6 +16,7 @@ import time
 import pytest
 
 from kachery_core.manifest import DirEntry
+from kachery_fs.mount import is_stale  # noqa: F401  (also used by the tests)
 
 #: Size of the large file in the test tree (the issue's 200 MB, scaled down for runtime).
 LARGE_FILE_SIZE = 50 * 1024 * 1024
@@ -168,14 +168,6 @@ def force_unmount(mountpoint):
     """Detach whatever is (or was) mounted at ``mountpoint``."""
     if os.path.ismount(mountpoint) or is_stale(mountpoint):
         subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
-
-
-def is_stale(mountpoint):
-    try:
-        os.statvfs(mountpoint)  # always asks the daemon (stat may come from the kernel's cache)
-    except OSError as error:
-        return error.errno == errno.ENOTCONN
-    return False
 
 
 def child_pids(pid):
