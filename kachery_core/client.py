@@ -225,7 +225,9 @@ class Kachery:
             with self._lock:
                 if self._fetcher is None:
                     self._fetcher = Fetcher(self.cache, self.remotes.fetch_chunk,
-                                            self.remotes.download, stats=self.stats)
+                                            self.remotes.download, stats=self.stats,
+                                            fetch_small=self.remotes.fetch_small,
+                                            fetch_small_many=self.remotes.fetch_small_many)
         return self._fetcher
 
     def trusted_manifest(self, target):

@@ -11,10 +11,18 @@
   (single flight), and sequential reading fetches the next chunks ahead in
   parallel;
 - once every chunk of a file is cached it is assembled into the whole object
-  (verified against the file's own hash) and the chunks are dropped.
+  (verified against the file's own hash) and the chunks are dropped;
+- small objects (at most SMALL_MAX bytes) are fetched into memory, verified,
+  served from a bounded in-memory LRU, and written to the cache by a
+  background thread. Creating a cache file costs four metadata operations
+  (fan-out folders, temp file, rename), about 1 ms on a busy disk: more than
+  fetching 50 KB over loopback, so it is kept off the reader's path.
 
-The remote side is injected: ``fetch_chunk(target, chunk) -> bytes`` (verified)
-and ``download(algorithm, digest, cache) -> path``, so tests can pass fakes.
+The remote side is injected: ``fetch_chunk(target, chunk) -> bytes`` (verified),
+``download(algorithm, digest, cache) -> path`` and, optionally,
+``fetch_small(algorithm, digest, max_size) -> bytes`` (verified) and
+``fetch_small_many([(algorithm, digest)], max_size) -> {key: bytes}``
+(verified, may leave some out), so tests can pass fakes.
 """
 
 import logging
@@ -22,6 +30,8 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+
+from cachetools import LRUCache
 
 from .errors import HashMismatch
 from .hashing import new_hasher
@@ -33,20 +43,32 @@ log = logging.getLogger("kachery")
 READAHEAD_CHUNKS = 4
 #: Bytes read in order before a reader counts as sequential.
 SEQUENTIAL_RUN = 1024 * 1024
+#: Objects up to this size are fetched into memory (see the module docstring).
+SMALL_MAX = 1024 * 1024
+#: Bytes of small objects kept in memory, and queued for writing to the cache.
+MEMORY_BYTES = 64 * 1024 * 1024
+#: Small objects asked for in one batch request.
+BATCH_OBJECTS = 16
 
 
 class Fetcher:
     """Single-flight, read-ahead fetching of objects and chunks. Thread safe."""
 
-    def __init__(self, cache, fetch_chunk, download, workers=8, stats=None):
+    def __init__(self, cache, fetch_chunk, download, workers=8, stats=None, fetch_small=None,
+                 fetch_small_many=None):
         self.cache = cache
         self._fetch_chunk = fetch_chunk
         self._download = download
+        self._fetch_small = fetch_small
+        self._fetch_small_many = fetch_small_many
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kachery-fetch")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kachery-persist")
         self._lock = threading.Lock()
         self._in_flight = {}  # key -> Future
         self._runs = {}  # target digest -> (offset a sequential read asks next, bytes in order)
         self._chunks_done = {}  # target digest -> set of chunk indices cached
+        self._memory = LRUCache(MEMORY_BYTES, getsizeof=len)  # (algorithm, digest) -> bytes
+        self._unwritten = 0  # bytes handed to the writer and not yet in the cache
         self.stats = stats or Stats()
 
     # ------------------------------------------------------ single flight
@@ -80,9 +102,18 @@ class Fetcher:
             self.stats.add("cache_hits")
             self.cache.touch(algorithm, digest)
             return path
+        data = self._remembered(algorithm, digest)
+        if data is not None:  # fetched into memory, not yet written: write it now
+            self.stats.add("cache_hits")
+            return self.cache.put(data, algorithm, digest)
         self.stats.add("cache_misses")
-        return self._shared(("object", algorithm, digest),
-                            lambda: self._download_counted(algorithm, digest)).result()
+        path = None
+        for _attempt in range(2):  # a prefetch that failed quietly gives None: fetch again
+            path = self._shared(("object", algorithm, digest),
+                                lambda: self._download_counted(algorithm, digest)).result()
+            if path is not None:
+                break
+        return path or self._download_counted(algorithm, digest)
 
     def prefetch(self, algorithm, digest):
         """Start downloading an object in the background (no wait, errors logged)."""
@@ -106,6 +137,126 @@ class Fetcher:
             raise
         self.stats.add("bytes_fetched", os.path.getsize(path))
         return path
+
+    # ------------------------------------------------------- small objects
+
+    def small_object(self, algorithm, digest):
+        """The verified bytes of a small object not in the cache: from memory,
+        or fetched (once, however many readers ask). Raises like ``download``."""
+        data = self._remembered(algorithm, digest)
+        if data is not None:
+            self.stats.add("cache_hits")
+            return data
+        self.stats.add("cache_misses")
+        data = self._small_future(algorithm, digest).result()
+        if data is None:  # a prefetch that failed quietly: fetch again, with its error
+            data = self._small_future(algorithm, digest).result()
+        if data is None:
+            data = self._fetch_small_counted(algorithm, digest, quiet=False)
+        return data
+
+    def prefetch_small(self, objects):
+        """Start fetching small objects [(algorithm, digest)] into memory (no
+        wait, errors logged), in batches of BATCH_OBJECTS when the remote can;
+        those in memory, being fetched, or cached are skipped."""
+        with self._lock:
+            objects = [key for key in dict.fromkeys(objects)
+                       if ("small",) + key not in self._in_flight and key not in self._memory]
+        objects = [key for key in objects if not self.cache.has(*key)]
+        if self._fetch_small_many is None or len(objects) < 2:
+            for algorithm, digest in objects:
+                self._small_future(algorithm, digest, quiet=True)
+            return
+        for index in range(0, len(objects), BATCH_OBJECTS):
+            claimed = self._claim(objects[index:index + BATCH_OBJECTS])
+            if claimed:
+                self._pool.submit(self._fetch_batch, claimed)
+
+    def _claim(self, objects):
+        """[(key, Future)] for the objects nobody is fetching yet, now marked in flight."""
+        claimed = []
+        with self._lock:
+            for key in objects:
+                flight = ("small",) + key
+                if flight not in self._in_flight:
+                    self._in_flight[flight] = future = Future()
+                    claimed.append((key, future))
+        return claimed
+
+    def _fetch_batch(self, claimed):
+        """Fetch claimed small objects in one request; any it misses, one by one."""
+        try:
+            found = self._fetch_small_many([key for key, _ in claimed], SMALL_MAX)
+        except Exception as error:  # only an optimisation: fall back to single fetches
+            log.debug("batch download failed: %s", error)
+            found = {}
+        for key, future in claimed:
+            data = found.get(key)
+            try:
+                if data is None:
+                    data = self._fetch_small_counted(*key, quiet=True)
+                else:
+                    self._keep_small(key, data)
+                future.set_result(data)
+            except BaseException as error:
+                future.set_exception(error)
+            finally:
+                with self._lock:
+                    self._in_flight.pop(("small",) + key, None)
+
+    def _remembered(self, algorithm, digest):
+        with self._lock:  # an LRU lookup reorders it
+            return self._memory.get((algorithm, digest))
+
+    def _small_future(self, algorithm, digest, quiet=False):
+        if self._fetch_small is None:  # no in-memory path: whole download to the cache
+            def work():
+                return self.cache.read_bytes(algorithm, digest) if self._download_counted(
+                    algorithm, digest, quiet) else None
+        else:
+            def work():
+                return self._fetch_small_counted(algorithm, digest, quiet)
+        return self._shared(("small", algorithm, digest), work)
+
+    def _fetch_small_counted(self, algorithm, digest, quiet):
+        try:
+            data = self._fetch_small(algorithm, digest, SMALL_MAX)
+        except HashMismatch:
+            self.stats.add("verification_failures")
+            if quiet:
+                return None
+            raise
+        except Exception as error:
+            if quiet:
+                log.debug("prefetch of %s://%s failed: %s", algorithm, digest, error)
+                return None
+            raise
+        self._keep_small((algorithm, digest), data)
+        return data
+
+    def _keep_small(self, key, data):
+        """Serve a verified small object from memory; write it to the cache soon."""
+        self.stats.add("bytes_fetched", len(data))
+        with self._lock:
+            self._memory[key] = data
+            write = self._unwritten + len(data) <= MEMORY_BYTES
+            if write:
+                self._unwritten += len(data)
+        if write:  # else the disk is far behind: the object stays in memory only
+            self._writer.submit(self._write_to_cache, *key, data)
+
+    def _write_to_cache(self, algorithm, digest, data):
+        try:
+            self.cache.put(data, algorithm, digest)
+        except Exception as error:  # still served from memory; fetched again later
+            log.warning("could not cache %s://%s: %s", algorithm, digest, error)
+        finally:
+            with self._lock:
+                self._unwritten -= len(data)
+
+    def flush(self):
+        """Wait until every small object fetched so far is written to the cache."""
+        self._writer.submit(lambda: None).result()
 
     # -------------------------------------------------------------- chunks
 

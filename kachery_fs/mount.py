@@ -26,6 +26,8 @@ log = logging.getLogger("kachery.mount")
 #: The kernel's readahead for the mount, in KiB (default 128; 4 MiB keeps several
 #: 1 MiB requests in flight, measured best of 1-16 MiB on a 2-core VM).
 READ_AHEAD_KB = 4096
+#: Seconds a thread may hold the GIL while others wait (Python's default: 0.005).
+SWITCH_INTERVAL = 0.0005
 #: How long start_background waits for the child to mount.
 READY_TIMEOUT = 30.0
 
@@ -104,6 +106,10 @@ def serve(kachery, mountpoint, allow_other=False, debug=False):
     ready = threading.Event()
 
     stats = _stats_file(kachery, mountpoint)
+    # Most of the daemon's threads wait on the kernel or the network and need
+    # the GIL only briefly when their call returns; with the default 5 ms
+    # switch interval each such wake-up can queue behind a busy thread.
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
     def on_ready():  # called by the daemon once the kernel has connected
         ready.set()

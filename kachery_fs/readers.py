@@ -21,6 +21,7 @@ import itertools
 import os
 
 from kachery_core.errors import HashMismatch
+from kachery_core.fetching import SMALL_MAX
 
 #: Handles of readers without a file descriptor: far above any fd number.
 _remote_handles = itertools.count(1 << 40)
@@ -72,32 +73,54 @@ class ChunkedReader:
         pass
 
 
+class MemoryReader:
+    """A small remote file held in memory, verified (see fetching.SMALL_MAX)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.handle = next(_remote_handles)
+
+    def read(self, size, offset):
+        return self.data[offset:offset + size]
+
+    def span(self, size, offset):
+        return None
+
+    def close(self):
+        self.data = b""
+
+
 def open_reader(kachery, target):
     """A reader for a FileTarget (algorithm, digest, size, manifest).
 
     A file that is on this machine (store or cache) is read from its object
     file. A remote file with a trusted file manifest is read chunk by chunk;
-    any other remote file is downloaded whole and verified first.
+    a small one is fetched into memory; any other remote file is downloaded
+    whole; all verified before any byte is served.
 
     Raises ObjectNotFound when no store has the object, and HashMismatch when
     the local object does not have the size the snapshot says (a cheap check
     that keeps a damaged store from serving wrong bytes at the end of a file).
     """
     local = kachery.find_local(target.algorithm, target.digest)
-    if local is None and target.manifest and kachery.fetcher is not None:
-        return ChunkedReader(kachery.fetcher, target, kachery.trusted_manifest(target))
+    if local is None and kachery.fetcher is not None:
+        if target.manifest:
+            return ChunkedReader(kachery.fetcher, target, kachery.trusted_manifest(target))
+        if target.size <= SMALL_MAX:
+            data = kachery.fetcher.small_object(target.algorithm, target.digest)
+            _check_size(len(data), target)
+            return MemoryReader(data)
     path = local or kachery.local_path(target.algorithm, target.digest)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check_size(fd, target)
+        _check_size(os.fstat(fd).st_size, target)
     except BaseException:
         os.close(fd)
         raise
     return LocalReader(fd, target.size)
 
 
-def _check_size(fd, target):
-    actual = os.fstat(fd).st_size
+def _check_size(actual, target):
     if actual != target.size:
         raise HashMismatch(
             target.digest,

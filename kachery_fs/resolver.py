@@ -35,6 +35,7 @@ from kachery_core.hashing import is_valid_hash
 from kachery_core.manifest import DirEntry
 from kachery_core.urls import parse_url
 
+from .prefetch import SiblingPrefetcher
 from .readers import open_reader
 
 FILE_MODE = stat.S_IFREG | 0o444
@@ -42,8 +43,6 @@ DIR_MODE = stat.S_IFDIR | 0o555
 #: The fixed top-level directories; listing them shows nothing (hashes are not enumerable).
 TOP_DIRS = ("sha1", "md5", "sha1dir")
 ROOT_INODE = 1
-#: Small files fetched ahead when a remote file in a snapshot directory is opened.
-PREFETCH_FILES = 16
 
 
 @dataclass(slots=True)
@@ -100,6 +99,7 @@ class Resolver:
         self._times_lock = threading.Lock()
         self._readers = {}
         self._readers_lock = threading.Lock()
+        self._prefetcher = SiblingPrefetcher(kachery)
 
     # ------------------------------------------------------------- lookup
 
@@ -188,30 +188,13 @@ class Resolver:
         entry = self.lookup(path)
         if entry.is_dir:
             raise IsADirectoryError(path)
-        self._prefetch_siblings(path, entry.target)
+        parent, _, name = path.rpartition("/")
+        if parent.startswith("/sha1dir/"):
+            self._prefetcher.opened(self.lookup(parent).children, name, entry.target)
         reader = open_reader(self.kachery, entry.target)
         with self._readers_lock:
             self._readers[reader.handle] = (reader, entry)
         return reader.handle
-
-    def _prefetch_siblings(self, path, target):
-        """Opening a remote file in a snapshot starts fetching the next small
-        files of its directory in the background, so that `cat dir/*`, `grep -r`
-        or a loader walking a folder do not wait for one round trip per file."""
-        fetcher = self.kachery.fetcher
-        parent, _, name = path.rpartition("/")
-        if fetcher is None or not parent.startswith("/sha1dir/") or target.manifest:
-            return
-        if self.kachery.find_local(target.algorithm, target.digest) is not None:
-            return
-        siblings = self.lookup(parent).children.files
-        following = sorted(other for other in siblings if other > name)
-        for other in following[:PREFETCH_FILES]:
-            sibling = siblings[other]
-            if sibling.manifest:  # large files are read lazily by chunk instead
-                continue
-            if self.kachery.find_local(*sibling.algorithm_and_hash) is None:
-                fetcher.prefetch(*sibling.algorithm_and_hash)
 
     def read(self, handle, size, offset):
         """Up to ``size`` bytes at ``offset`` of an open file (fewer only at its end).

@@ -1,15 +1,22 @@
-"""``POST /api/upload``: many small objects in one request.
+"""Many small objects in one request, both ways: extensions of SPEC §5.
 
-An extension of SPEC §5 (which only needs PUT): a snapshot of 10,000 small
-files would otherwise cost 10,000 requests. Clients fall back to one PUT per
+A snapshot of 10,000 small files would otherwise cost 10,000 requests, each
+costing more than its 50 KB of data. Clients fall back to one request per
 object when a server answers 404, 405 or 501, as they do for ``api/has``.
 
-Body: for each object a header line ``<alg> <digest> <size>\\n`` followed by
-exactly ``<size>`` bytes, at most :data:`MAX_BODY` in all. All or nothing:
-every object is verified against its digest before any is published; a
-malformed header, an object over :data:`MAX_OBJECT`, a short body or a
-mismatch → 400 and nothing is kept.
-Answer: ``{"stored": <new objects>, "present": <objects already there>}``.
+Both carry objects in the same format: for each object a header line
+``<alg> <digest> <size>\\n`` followed by exactly ``<size>`` bytes, at most
+:data:`MAX_BODY` in all, each object at most :data:`MAX_OBJECT`.
+
+``POST /api/upload`` (the body is objects): all or nothing. Every object is
+verified against its digest before any is published; a malformed header, an
+object over :data:`MAX_OBJECT`, a short body or a mismatch → 400 and nothing
+is kept. Answer: ``{"stored": <new objects>, "present": <already there>}``.
+
+``POST /api/download`` (the body is ``{"sha1": [...], "md5": [...]}``, at most
+:data:`MAX_WANTED` hashes): the answer is the objects, in the order asked,
+leaving out those that are absent, over :data:`MAX_OBJECT`, or past
+:data:`MAX_BODY`; the client verifies each and asks for the rest one by one.
 """
 
 import asyncio
@@ -25,6 +32,10 @@ MAX_OBJECT = 1024 * 1024
 MAX_BODY = 16 * 1024 * 1024
 #: ... and how many are held in memory at once: at most 64 MiB in all.
 CONCURRENT_BATCHES = 4
+#: Most hashes one POST /api/download may ask for.
+MAX_WANTED = 4096
+#: Content type of a body of objects in the format above.
+CONTENT_TYPE = "application/x-kachery-objects"
 
 
 class BadBatch(ValueError):
@@ -107,3 +118,23 @@ async def receive_batch(request, store, committer, slots):
     created = await committer.publish_many(written)
     stored = sum(1 for flag in created if flag)
     return web.json_response({"stored": stored, "present": present + len(created) - stored})
+
+
+def gather(store, wanted):
+    """The answer to POST /api/download for ``wanted`` ({alg: [digests]}): bytes."""
+    parts, total = [], 0
+    for algorithm, digests in wanted.items():
+        for digest in digests:
+            try:
+                with open(store.object_path(algorithm, digest), "rb") as file:
+                    size = os.fstat(file.fileno()).st_size
+                    if size > MAX_OBJECT or total + size > MAX_BODY:
+                        continue
+                    data = file.read(size + 1)
+            except FileNotFoundError:
+                continue
+            if len(data) != size:  # changed while being read: leave it to a GET
+                continue
+            parts += [f"{algorithm} {digest} {size}\n".encode("ascii"), data]
+            total += size
+    return b"".join(parts)

@@ -4,6 +4,7 @@
     PUT      /<alg>/<h[0:2]>/<h[2:4]>/<h[4:6]>/<h>    201 | 200 | 400 | 401 | 403 | 411 | 413
     POST     /api/has                                 {"sha1": [...], "md5": [...]}
     POST     /api/upload                              many small objects (see batch.py)
+    POST     /api/download                            many small objects (see batch.py)
 
 A path is accepted only when the algorithm is known, the digest is a valid hex
 digest and the fan-out folders are its prefixes; only then is a file path
@@ -49,6 +50,7 @@ class ObjectService:
             web.put(OBJECT_ROUTE, self.put_object, expect_handler=self.expect_upload),
             web.post("/api/has", self.has_objects),
             web.post("/api/upload", self.upload_batch),
+            web.post("/api/download", self.download_batch),
         ]
 
     # ------------------------------------------------------------ helpers
@@ -127,9 +129,19 @@ class ObjectService:
 
     async def has_objects(self, request):
         self.authorize(request, write=False)
-        wanted = _parse_has_request(await _json_body(request))
+        wanted = _parse_hash_lists(await _json_body(request))
         present = await asyncio.to_thread(self._present, wanted)
         return web.json_response(present)
+
+    async def download_batch(self, request):
+        self.authorize(request, write=False)
+        wanted = _parse_hash_lists(await _json_body(request))
+        count = sum(len(digests) for digests in wanted.values())
+        if count > batch.MAX_WANTED:
+            raise _error(web.HTTPBadRequest, f"{count} hashes asked, at most {batch.MAX_WANTED}")
+        async with self.batch_slots:
+            body = await asyncio.to_thread(batch.gather, self.store, wanted)
+            return web.Response(body=body, content_type=batch.CONTENT_TYPE)
 
     def _present(self, wanted):
         return {alg: [d for d in digests if self.store.has(alg, d)] for alg, digests in wanted.items()}
@@ -227,7 +239,7 @@ async def _json_body(request):
         raise _error(web.HTTPBadRequest, "body must be JSON") from None
 
 
-def _parse_has_request(document):
+def _parse_hash_lists(document):
     """{"sha1": [...], "md5": [...]} with every hash valid; raise 400 otherwise."""
     if not isinstance(document, dict):
         raise _error(web.HTTPBadRequest, 'expected {"sha1": [...], "md5": [...]}')

@@ -216,7 +216,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--scratch", default="/var/tmp")
+    parser.add_argument("--only", choices=("sequential", "first-byte", "small", "parallel"),
+                        action="append", help="run only these measurements (repeatable)")
     args = parser.parse_args()
+    chosen = args.only or ("sequential", "first-byte", "small", "parallel")
     scratch = tempfile.mkdtemp(prefix="kachery-lazy-", dir=args.scratch)
     server_storage = os.path.join(scratch, "server-storage")
     try:
@@ -224,11 +227,14 @@ def main():
         server = Server(server_storage)
         try:
             rows = []
-            for bench in (lambda: bench_sequential(scratch, server, url, args.size_mib),
-                          lambda: bench_first_byte(scratch, server, url, args.size_mib),
-                          lambda: bench_small_files(scratch, server, url),
-                          lambda: bench_parallel(scratch, server, url)):
-                rows.append(bench())
+            benches = {
+                "sequential": lambda: bench_sequential(scratch, server, url, args.size_mib),
+                "first-byte": lambda: bench_first_byte(scratch, server, url, args.size_mib),
+                "small": lambda: bench_small_files(scratch, server, url),
+                "parallel": lambda: bench_parallel(scratch, server, url),
+            }
+            for name in chosen:
+                rows.append(benches[name]())
                 print(rows[-1], file=sys.stderr)
         finally:
             server.stop()

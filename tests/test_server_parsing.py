@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kachery_server.batch import MAX_OBJECT, BadBatch, parse_header, write_verified
-from kachery_server.handlers import _parse_has_request
+from kachery_server.handlers import _parse_hash_lists
 from kachery_core.store import LocalStore
 
 SHA1 = hashlib.sha1(b"x").hexdigest()
@@ -69,7 +69,7 @@ def test_has_request_parses_or_is_refused(document):
     from aiohttp import web
 
     try:
-        wanted = _parse_has_request(document)
+        wanted = _parse_hash_lists(document)
     except web.HTTPBadRequest:
         return
     assert set(wanted) == {"sha1", "md5"}
