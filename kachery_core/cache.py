@@ -133,7 +133,7 @@ class CacheArea(LocalStore):
         if self.has(algorithm, digest):
             self.touch(algorithm, digest)
             return self.object_path(algorithm, digest)
-        self._reserve(algorithm, digest, len(data))
+        self.reserve(algorithm, digest, len(data))
         fd, temp_path = self.create_temp()
         try:
             try:
@@ -146,13 +146,26 @@ class CacheArea(LocalStore):
             self.discard(algorithm, digest)
             raise
 
-    def _reserve(self, algorithm, digest, size):
+    def reserve(self, algorithm, digest, size):
+        """Count an object that is about to be written (evicting others to fit)."""
         with self._lock:
             self.make_room(size)
             entries = self._index()
             if (algorithm, digest) not in entries:
                 self._usage += size
             entries[(algorithm, digest)] = size
+
+    def publish_reserved(self, temp_path, algorithm, digest):
+        """Publish a verified temp file whose room ``reserve`` already counted."""
+        size = os.path.getsize(temp_path)
+        final = LocalStore.publish(self, temp_path, algorithm, digest)
+        with self._lock:
+            entries = self._index()
+            if (algorithm, digest) not in entries:  # evicted meanwhile: count it again
+                self._usage += size
+            entries[(algorithm, digest)] = size
+            entries.move_to_end((algorithm, digest))
+        return final
 
     def discard(self, algorithm, digest):
         """Remove one object from the cache (if there)."""

@@ -230,6 +230,11 @@ class Kachery:
                                             fetch_small_many=self.remotes.fetch_small_many)
         return self._fetcher
 
+    def close(self):
+        """Let background fetching finish writing to the cache, then stop it."""
+        if self._fetcher is not None:
+            self._fetcher.close()
+
     def trusted_manifest(self, target):
         """The FileManifest of a FileTarget, checked to describe that file."""
         manifest = self.file_manifest(target.manifest)

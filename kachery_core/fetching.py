@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from cachetools import LRUCache
 
+from .assembly import Assembly
 from .errors import HashMismatch
 from .hashing import new_hasher
 from .stats import Stats
@@ -49,6 +50,8 @@ SMALL_MAX = 1024 * 1024
 MEMORY_BYTES = 64 * 1024 * 1024
 #: Small objects asked for in one batch request.
 BATCH_OBJECTS = 16
+#: Bytes of fetched chunks held in memory until the writer has stored them.
+FRESH_MAX = 64 * 1024 * 1024
 
 
 class Fetcher:
@@ -68,6 +71,10 @@ class Fetcher:
         self._runs = {}  # target digest -> (offset a sequential read asks next, bytes in order)
         self._chunks_done = {}  # target digest -> set of chunk indices cached
         self._memory = LRUCache(MEMORY_BYTES, getsizeof=len)  # (algorithm, digest) -> bytes
+        self._fresh = {}  # chunk sha1 -> bytes fetched and not yet written
+        self._fresh_bytes = 0
+        self._room = threading.Condition(self._lock)  # signalled as fresh bytes are written
+        self._assemblies = {}  # target digest -> Assembly (written by the writer thread only)
         self._unwritten = 0  # bytes handed to the writer and not yet in the cache
         self.stats = stats or Stats()
 
@@ -255,8 +262,17 @@ class Fetcher:
                 self._unwritten -= len(data)
 
     def flush(self):
-        """Wait until every small object fetched so far is written to the cache."""
+        """Wait until everything fetched so far is written to the cache."""
         self._writer.submit(lambda: None).result()
+
+    def close(self):
+        """Finish writing, drop unfinished assemblies, stop the threads."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._writer.shutdown(wait=True)
+        with self._lock:
+            unfinished = list(self._assemblies.values())
+        for assembly in unfinished:
+            self._drop_assembly(assembly)
 
     # -------------------------------------------------------------- chunks
 
@@ -275,7 +291,7 @@ class Fetcher:
 
     def _chunk_future(self, target, manifest, index):
         chunk = manifest.chunks[index]
-        if self._have_chunk(target, chunk):
+        if self._have_chunk(target, manifest, index):
             self.stats.add("cache_hits")
             self.cache.touch("sha1", chunk.sha1)
             done = Future()
@@ -285,12 +301,20 @@ class Fetcher:
         return self._shared(("chunk", chunk.sha1),
                             lambda: self._fetch_and_keep(target, manifest, index))
 
-    def _have_chunk(self, target, chunk):
+    def _have_chunk(self, target, manifest, index):
+        chunk = manifest.chunks[index]
+        with self._lock:
+            if chunk.sha1 in self._fresh:
+                return True
+            assembly = self._assemblies.get(target.digest)
+        if assembly is not None and assembly.has(index):
+            return True
         return self.cache.has("sha1", chunk.sha1) or self.cache.has(target.algorithm, target.digest)
 
     def _fetch_and_keep(self, target, manifest, index):
+        """Fetch a chunk; readers get it from memory while the writer stores it."""
         chunk = manifest.chunks[index]
-        if self._have_chunk(target, chunk):  # a fetch that just finished got it
+        if self._have_chunk(target, manifest, index):  # a fetch that just finished got it
             return
         started = time.monotonic()
         try:
@@ -301,8 +325,24 @@ class Fetcher:
         log.debug("fetched %s://%s bytes %d-%d (chunk %d) in %.3f s", target.algorithm,
                   target.digest, chunk.start, chunk.end, index, time.monotonic() - started)
         self.stats.add("bytes_fetched", len(data))
-        self.cache.put(data, "sha1", chunk.sha1)
-        self._note_chunk(target, manifest, index)
+        self._hold_fresh(chunk.sha1, data)
+        self._writer.submit(self._persist_chunk, target, manifest, index, data)
+
+    def _hold_fresh(self, key, data):
+        """Keep fetched bytes in memory until written; wait while FRESH_MAX is held."""
+        with self._room:
+            while self._fresh_bytes and self._fresh_bytes + len(data) > FRESH_MAX:
+                self._room.wait()
+            if key not in self._fresh:
+                self._fresh[key] = data
+                self._fresh_bytes += len(data)
+
+    def _release_fresh(self, key):
+        with self._room:
+            data = self._fresh.pop(key, None)
+            if data is not None:
+                self._fresh_bytes -= len(data)
+                self._room.notify_all()
 
     def _slice(self, target, manifest, index, future, offset, end):
         future.result()
@@ -310,14 +350,26 @@ class Fetcher:
         start = max(offset, chunk.start)
         stop = min(end, chunk.end)
         for _attempt in range(3):  # a chunk may be evicted or assembled meanwhile
-            data = self._pread_cached(target, chunk, start, stop)
+            data = self._chunk_bytes(target, manifest, index, start, stop)
             if data is not None:
                 return data
             self._chunk_future(target, manifest, index).result()
         raise OSError(f"chunk {chunk.sha1} of {target.digest} keeps disappearing from the cache")
 
-    def _pread_cached(self, target, chunk, start, stop):
-        """Read from the cached chunk, or from the assembled whole object."""
+    def _chunk_bytes(self, target, manifest, index, start, stop):
+        """Bytes [start, stop) of chunk ``index`` from wherever it is now, or None:
+        memory (just fetched), the file being assembled, the cached chunk, or
+        the whole object."""
+        chunk = manifest.chunks[index]
+        with self._lock:
+            data = self._fresh.get(chunk.sha1)
+            assembly = self._assemblies.get(target.digest)
+        if data is not None:
+            return bytes(memoryview(data)[start - chunk.start:stop - chunk.start])
+        if assembly is not None and assembly.has(index):
+            data = assembly.read(start, stop)
+            if data is not None:
+                return data
         for algorithm, digest, base in (("sha1", chunk.sha1, chunk.start),
                                         (target.algorithm, target.digest, 0)):
             try:
@@ -345,7 +397,85 @@ class Fetcher:
 
     # ---------------------------------------------------------- assembling
 
+    def _persist_chunk(self, target, manifest, index, data):
+        """Writer thread: append a fetched chunk to its file's assembly when it
+        is next in line, else keep it as a chunk object in the cache."""
+        chunk = manifest.chunks[index]
+        assembly = None
+        try:
+            assembly = self._assembly(target, manifest, index)
+            if assembly is not None and index == assembly.next:
+                assembly.append(data)
+                self._absorb(assembly)
+            elif assembly is not None:
+                if not assembly.has(index):  # ahead of its turn: absorbed later
+                    self.cache.put(data, "sha1", chunk.sha1)
+            elif not self.cache.has(target.algorithm, target.digest):  # (absorbed already)
+                self.cache.put(data, "sha1", chunk.sha1)
+                self._note_chunk(target, manifest, index)
+        except Exception as error:  # reads fetch the chunk again
+            log.warning("could not cache chunk %d of %s://%s: %s", index, target.algorithm,
+                        target.digest, error)
+            if assembly is not None:
+                self._drop_assembly(assembly)
+        finally:
+            self._release_fresh(chunk.sha1)
+
+    def _assembly(self, target, manifest, index):
+        """The file's assembly; a new one when its first chunk arrives and it fits."""
+        with self._lock:
+            assembly = self._assemblies.get(target.digest)
+        if (assembly is None and index == 0 and self._fits(target.size)
+                and not self.cache.has(target.algorithm, target.digest)):
+            self.cache.reserve(target.algorithm, target.digest, target.size)
+            assembly = Assembly(self.cache, target, manifest)
+            with self._lock:
+                self._assemblies[target.digest] = assembly
+                self._chunks_done.pop(target.digest, None)
+        return assembly
+
+    def _absorb(self, assembly):
+        """Append the chunks that already wait in memory or in the cache, in
+        order; publish the whole object once the last one is in."""
+        chunks = assembly.manifest.chunks
+        while not assembly.complete:
+            chunk = chunks[assembly.next]
+            with self._lock:
+                data = self._fresh.get(chunk.sha1)
+            if data is None:
+                try:
+                    with open(self.cache.object_path("sha1", chunk.sha1), "rb") as file:
+                        data = file.read()
+                except FileNotFoundError:
+                    return
+            assembly.append(data)
+        self._finish(assembly)
+
+    def _finish(self, assembly):
+        target = assembly.target
+        got = assembly.hexdigest()
+        if got != target.digest:
+            self.stats.add("verification_failures")
+            log.warning("assembled %s://%s has hash %s: dropped", target.algorithm,
+                        target.digest, got)
+            self._drop_assembly(assembly)
+            return
+        self.cache.publish_reserved(assembly.temp_path, target.algorithm, target.digest)
+        with self._lock:
+            self._assemblies.pop(target.digest, None)
+        assembly.close()
+        for chunk in assembly.manifest.chunks:
+            self.cache.discard("sha1", chunk.sha1)
+
+    def _drop_assembly(self, assembly):
+        target = assembly.target
+        with self._lock:
+            self._assemblies.pop(target.digest, None)
+        assembly.abort()
+        self.cache.discard(target.algorithm, target.digest)
+
     def _note_chunk(self, target, manifest, index):
+        """Count chunks stored without an assembly; join them once all are here."""
         with self._lock:
             done = self._chunks_done.setdefault(target.digest, set())
             done.add(index)
@@ -353,7 +483,7 @@ class Fetcher:
             if complete:
                 del self._chunks_done[target.digest]
         if complete and self._fits(target.size):
-            self._pool.submit(self._assemble_quietly, target, manifest)
+            self._writer.submit(self._assemble_quietly, target, manifest)
 
     def _fits(self, size):
         """Assemble only when the whole file and its chunks fit the quota together."""

@@ -456,6 +456,11 @@ class RemoteSet:
             progress(size)
         return response.status_code
 
+    def prepare(self):
+        """Do the set-up that the first request would otherwise pay for."""
+        for remote in self.remotes:
+            self._direct_pool(remote)
+
     def _direct_pool(self, remote):
         """The urllib3 pool for plain reads from ``remote``; None when a proxy applies."""
         try:

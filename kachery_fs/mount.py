@@ -106,6 +106,9 @@ def serve(kachery, mountpoint, allow_other=False, debug=False):
     ready = threading.Event()
 
     stats = _stats_file(kachery, mountpoint)
+    # The HTTP client's import takes 0.15-0.25 s: pay it before the mount
+    # answers, not in the first read a program times.
+    _prepare_remotes(kachery)
     # Most of the daemon's threads wait on the kernel or the network and need
     # the GIL only briefly when their call returns; with the default 5 ms
     # switch interval each such wake-up can queue behind a busy thread.
@@ -114,8 +117,6 @@ def serve(kachery, mountpoint, allow_other=False, debug=False):
     def on_ready():  # called by the daemon once the kernel has connected
         ready.set()
         threading.Thread(target=_after_mount, args=(mountpoint,), daemon=True).start()
-        # The HTTP client's import takes ~0.2 s: pay it now, not in the first read.
-        threading.Thread(target=lambda: kachery.fetcher, daemon=True).start()
         stats.start()
 
     try:
@@ -128,8 +129,15 @@ def serve(kachery, mountpoint, allow_other=False, debug=False):
             raise MountError(errno.EIO, f"could not mount {mountpoint} ({error})") from None
     finally:
         stats.stop()
+        kachery.close()
     _ensure_unmounted(mountpoint)
     log.info("unmounted %s", mountpoint)
+
+
+def _prepare_remotes(kachery):
+    """Import the HTTP client and set up the connection pools (if there are remotes)."""
+    if kachery.fetcher is not None:
+        kachery.remotes.prepare()
 
 
 def _stats_file(kachery, mountpoint):

@@ -73,7 +73,7 @@ def test_sequential_read_matches_and_assembles_whole_object(tmp_path):
         out += fetcher.read(target, manifest, len(out), 50_000)
     assert bytes(out) == data
     assert sorted(remote.calls) == [c.start for c in manifest.chunks]  # each once
-    fetcher._pool.shutdown(wait=True)  # assembly runs in the background
+    fetcher.flush()  # assembly runs in the background
     whole = fetcher.cache.object_path("sha1", target.digest)
     assert open(whole, "rb").read() == data
     assert not any(fetcher.cache.has("sha1", c.sha1) for c in manifest.chunks)
