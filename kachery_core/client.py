@@ -254,7 +254,7 @@ class Kachery:
         """
         local = self.find_local(target.algorithm, target.digest)
         if local is None and target.manifest and self.fetcher is not None:
-            return self.fetcher.read(target, self.trusted_manifest(target), offset, size)
+            return bytes(self.fetcher.read(target, self.trusted_manifest(target), offset, size))
         with open(self.file_path(target), "rb") as file:
             return os.pread(file.fileno(), size, offset)
 

@@ -277,7 +277,8 @@ class Fetcher:
     # -------------------------------------------------------------- chunks
 
     def read(self, target, manifest, offset, size):
-        """Bytes [offset, offset+size) of a FileTarget with a trusted FileManifest."""
+        """Bytes [offset, offset+size) of a FileTarget with a trusted FileManifest
+        (bytes, or a read-only memoryview of them)."""
         log.debug("read %s://%s offset %d size %d", target.algorithm, target.digest, offset, size)
         end = min(offset + size, target.size)
         if offset >= end:
@@ -287,7 +288,7 @@ class Fetcher:
         self._read_ahead(target, manifest, offset, end, last)
         pieces = [self._slice(target, manifest, index, future, offset, end)
                   for index, future in zip(range(first, last), futures)]
-        return b"".join(pieces)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _chunk_future(self, target, manifest, index):
         chunk = manifest.chunks[index]
@@ -364,8 +365,8 @@ class Fetcher:
         with self._lock:
             data = self._fresh.get(chunk.sha1)
             assembly = self._assemblies.get(target.digest)
-        if data is not None:
-            return bytes(memoryview(data)[start - chunk.start:stop - chunk.start])
+        if data is not None:  # (a view: the bytes are copied once, by the caller)
+            return memoryview(data)[start - chunk.start:stop - chunk.start]
         if assembly is not None and assembly.has(index):
             data = assembly.read(start, stop)
             if data is not None:

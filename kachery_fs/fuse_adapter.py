@@ -241,9 +241,11 @@ class KacheryOperations(mfusepy.Operations):
         from the reader's ``read``. Returns the number of bytes.
         """
         span = self.resolver.span(fh, size, offset)
-        if span is None:
+        if span is None:  # bytes, or a memoryview of bytes held in memory
             data = self.resolver.read(fh, size, offset)
-            ctypes.memmove(address, data, len(data))
+            if data:
+                target = (ctypes.c_char * len(data)).from_address(address)
+                memoryview(target).cast("B")[:] = data
             return len(data)
         fd, position, length = span
         if not length:
