@@ -124,13 +124,34 @@ def _store_one(kachery, batch, path, algorithm, label, progress):
 @click.command("load")
 @click.argument("url")
 @click.option("--dest", type=click.Path(), help="Copy the file (or directory) here.")
+@click.option("--start", type=click.IntRange(min=0),
+              help="Only the bytes from here (needs --dest; a file URL).")
+@click.option("--end", type=click.IntRange(min=0),
+              help="Only the bytes before here, exclusive (needs --dest; a file URL).")
 @common_options
-def load_command(url, dest, storage_dir, remotes):
-    """Fetch a file or a whole snapshot directory; print its local path."""
-    from kachery_core.export import export_dir, export_file
+def load_command(url, dest, start, end, storage_dir, remotes):
+    """Fetch a file or a whole snapshot directory; print its local path.
 
+    With --start/--end, only that byte range is fetched (chunk by chunk from a
+    remote, for a large file with a file manifest) and written to --dest.
+    """
+    from kachery_core.export import export_dir, export_file, export_range
+
+    ranged = start is not None or end is not None
+    if ranged and not dest:
+        raise ValueError("--start/--end write a byte range to a file: give --dest "
+                         "(or use kachery-cat --start/--end)")
+    if ranged and end is not None and end < (start or 0):
+        raise ValueError(f"--end {end} is before --start {start or 0}")
     kachery = make_kachery(storage_dir, remotes)
     target = kachery.resolve(url)
+    if ranged:
+        if isinstance(target, DirTarget):
+            raise ValueError(f"{url} is a directory: --start/--end need a file")
+        end = target.size if end is None else min(end, target.size)
+        start = min(start or 0, end)
+        click.echo(os.path.abspath(export_range(kachery, target, dest, start, end)))
+        return
     if isinstance(target, DirTarget):
         dest = dest or _default_dir_name(target.url)
         count, total = target.entry.count()

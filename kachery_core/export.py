@@ -23,6 +23,25 @@ def export_file(kachery, target, dest):
     return os.fspath(dest)
 
 
+def export_range(kachery, target, dest, start, end):
+    """Write bytes [start, end) of a FileTarget to ``dest`` atomically.
+
+    Only the chunks covering the range are fetched when the file is remote
+    and has a trusted file manifest (see Kachery.read_range).
+    """
+    partial = _partial_name(dest)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with open(fd, "wb") as out:
+            for block in kachery.iter_bytes(target, start, end):
+                out.write(block)
+        os.replace(partial, dest)
+    except BaseException:
+        _remove_tree_quietly(partial)
+        raise
+    return os.fspath(dest)
+
+
 def export_dir(kachery, entry: DirEntry, dest, progress=None):
     """Materialize a snapshot directory at ``dest`` (which must not exist).
 

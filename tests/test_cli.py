@@ -437,6 +437,31 @@ def test_ls_into_head_exits_cleanly(storage_dir, tmp_path):
     assert (tmp_path / "err").read_bytes() == b""
 
 
+def test_load_range_writes_only_those_bytes(run_cli, storage_dir, large_file, tmp_path):
+    path, data = large_file
+    (url,) = stdout_lines(run_cli("kachery-store", path, check=True))
+    for start, end in [(4 * 1024 * 1024 - 3, 8 * 1024 * 1024 + 3), (LARGE - 10, LARGE + 10), (7, 7)]:
+        dest = tmp_path / f"part-{start}"
+        result = run_cli("kachery-load", url, "--start", start, "--end", end, "--dest", dest,
+                         check=True)
+        assert stdout_lines(result) == [str(dest)]
+        assert dest.read_bytes() == data[start:end]
+    only_start = tmp_path / "tail"
+    run_cli("kachery-load", url, "--start", LARGE - 4, "--dest", only_start, check=True)
+    assert only_start.read_bytes() == data[-4:]
+
+
+def test_load_range_usage_errors(run_cli, stored_sample, tmp_path):
+    no_dest = run_cli("kachery-load", f"{stored_sample}/top.txt", "--start", 1)
+    assert_clean_error(no_dest, 2, "--dest")
+    backwards = run_cli("kachery-load", f"{stored_sample}/top.txt", "--start", 5, "--end", 2,
+                        "--dest", tmp_path / "x")
+    assert_clean_error(backwards, 2, "--end")
+    directory = run_cli("kachery-load", stored_sample, "--end", 2, "--dest", tmp_path / "y")
+    assert_clean_error(directory, 2, "directory")
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
+
+
 def test_cat_end_before_start_is_invalid(run_cli, stored_sample):
     result = run_cli("kachery-cat", f"{stored_sample}/top.txt", "--start", 5, "--end", 2)
     assert_clean_error(result, 2, "--end")

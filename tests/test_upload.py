@@ -132,6 +132,10 @@ def test_range_reads_fetch_only_the_chunks_they_touch(servers, env, run_cli, tmp
     for start, end in [(0, 1), (10_000_000, 10_000_100), (LARGE - 5, LARGE)]:
         result = run_cli("kachery-cat", url, "--start", start, "--end", end, env=b)
         assert result.returncode == 0 and result.stdout == data[start:end]
+        dest = tmp_path / f"range-{start}"
+        loaded = run_cli("kachery-load", url, "--start", start, "--end", end, "--dest", dest, env=b)
+        assert loaded.returncode == 0 and loaded.stdout.decode().strip() == str(dest)
+        assert dest.read_bytes() == data[start:end]
     digest = url.split("://")[1].split("/")[0]
     whole_gets = [line for line in server.log().splitlines()
                   if f"GET /{object_rel(digest)}" in line and '" 200 ' in line]
