@@ -1,20 +1,22 @@
 """Where the bytes of an open file come from: the mount's one read path.
 
-:func:`open_reader` is the single place that decides how a file is read. Today
-every file is served from a whole object in the local store;
-``Kachery.local_path`` downloads (and verifies) whole objects from the remotes
-first when remotes are configured.
+:func:`open_reader` is the single place that decides how a file is read:
 
-Seam for lazy remote reads (issue 5): a reader for large files with a trusted
-file manifest (``target.manifest``) that fetches and verifies single chunks
-slots in here, as another class with the same members — ``handle``,
-``read(size, offset)``, ``span(size, offset)`` and ``close()`` — chosen by
-:func:`open_reader`. Nothing else in the mount needs to change.
+- :class:`LocalReader`: the object is in the local store or the download
+  cache; reads are ``pread`` calls on its file;
+- :class:`ChunkedReader`: a remote file with a trusted file manifest; each
+  read fetches (and verifies) only the chunks it touches, through the
+  client's Fetcher;
+- :class:`MemoryReader`: a small remote file, fetched whole (and verified)
+  into memory;
+- any other remote file is downloaded whole and verified first, then read
+  as a LocalReader.
 
-``span`` lets the kernel adapter hand libfuse a file descriptor and offset
-instead of bytes, so the data is copied in C (or spliced) without passing
-through Python; a reader whose bytes are not in a local file returns None and
-is read with ``read``.
+Every reader has ``handle``, ``read(size, offset)``, ``span(size, offset)``
+and ``close()``. ``span`` lets the kernel adapter hand libfuse a file
+descriptor and offset instead of bytes, so the data is copied in C without
+passing through Python; a reader whose bytes are not in a local file returns
+None and is read with ``read`` (bytes, or a memoryview of them).
 """
 
 import itertools
