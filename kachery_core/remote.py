@@ -62,6 +62,8 @@ WRITEBACK_STEP = 64 * 1024 * 1024
 #: Objects up to this size are uploaded in POST /api/upload batches (the
 #: server's limit is the same), larger ones by PUT.
 BATCH_OBJECT_MAX = 1024 * 1024
+#: Most bytes of a POST /api/download answer read (the rest is fetched by GET).
+BATCH_ANSWER_MAX = 17 * 1024 * 1024
 #: Hashes per POST /api/has request.
 HAS_BATCH = 20000
 #: Transient server-side failures: retried with backoff, then the next remote.
@@ -348,8 +350,10 @@ class RemoteSet:
         alone, it gets the usual failover and error. Never raises for a
         remote that is down or lacks the API.
         """
+        asked = {(algorithm, digest.lower()): (algorithm, digest) for algorithm, digest in objects
+                 if algorithm in ("sha1", "md5")}
         found = {}
-        wanted = list(dict.fromkeys(objects))
+        wanted = list(asked)
         for remote in self._live():
             if not wanted:
                 break
@@ -361,7 +365,7 @@ class RemoteSet:
                 log.debug("batch download from %s failed: %s", remote.url, error)
                 continue
             wanted = [key for key in wanted if key not in found]
-        return found
+        return {asked[key]: data for key, data in found.items() if key in asked}
 
     def _batch_from(self, remote, wanted, max_size):
         lists = {"sha1": [], "md5": []}
@@ -375,8 +379,8 @@ class RemoteSet:
                 return {}
             if response.status_code != 200:
                 raise _status_error(remote, response, "api/download")
-            try:
-                body = response.content
+            try:  # (kachery-server answers at most 16 MiB; read no more than a bit over)
+                body = response.raw.read(BATCH_ANSWER_MAX)
             except _NETWORK_ERRORS as error:
                 raise RemoteUnavailable(remote.url, f"api/download broke: {_describe(error)}") from None
         found = {}

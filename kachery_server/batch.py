@@ -131,7 +131,7 @@ def gather(store, wanted):
                     if size > MAX_OBJECT or total + size > MAX_BODY:
                         continue
                     data = file.read(size + 1)
-            except FileNotFoundError:
+            except OSError:  # absent or unreadable: the client's GET reports it
                 continue
             if len(data) != size:  # changed while being read: leave it to a GET
                 continue

@@ -139,9 +139,16 @@ class ObjectService:
         count = sum(len(digests) for digests in wanted.values())
         if count > batch.MAX_WANTED:
             raise _error(web.HTTPBadRequest, f"{count} hashes asked, at most {batch.MAX_WANTED}")
+        # The slot is held until the answer is sent: it bounds the memory
+        # that answers waiting for slow readers can hold.
         async with self.batch_slots:
             body = await asyncio.to_thread(batch.gather, self.store, wanted)
-            return web.Response(body=body, content_type=batch.CONTENT_TYPE)
+            response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: batch.CONTENT_TYPE})
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body)
+            await response.write_eof()
+            return response
 
     def _present(self, wanted):
         return {alg: [d for d in digests if self.store.has(alg, d)] for alg, digests in wanted.items()}

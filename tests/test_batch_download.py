@@ -358,3 +358,28 @@ def test_batch_body_reads_file_sources_and_parsing_stops_at_a_bad_header(tmp_pat
                  b"x" * 500):
         assert list(_parse_objects(body + tail + _batch_body([("sha1", first, b"after")]))) == good
     assert list(_parse_objects(body + b"sha1 " + sha1(b"").encode() + b" 10\nshort")) == good
+
+
+@pytest.mark.server
+def test_an_unreadable_object_leaves_the_rest_of_its_batch_intact(servers):
+    server = servers.kachery()
+    blobs = [os.urandom(500 + i) for i in range(3)]
+    keys = [("sha1", put_local(server.storage, blob)) for blob in blobs]
+    broken = sha1(b"a directory where an object should be")
+    os.makedirs(os.path.join(server.storage, object_rel(broken)))
+    answer = download(server, {"sha1": [keys[0][1], broken, keys[1][1], keys[2][1]]})
+    assert answer.status_code == 200
+    assert answer.content == objects_body(*[(alg, d, blob) for (alg, d), blob in zip(keys, blobs)])
+    remotes = remote_set(server.url)
+    assert remotes.fetch_small_many(keys + [("sha1", broken)], 4096) == dict(zip(keys, blobs))
+    assert remotes._live() == list(remotes.remotes)  # not taken for down
+
+
+@pytest.mark.server
+def test_fetch_small_many_answers_under_the_callers_keys(shared_server):
+    """Upper-case digests come back under the caller's spelling; unknown algorithms are left out."""
+    blob = os.urandom(321)
+    digest = put_local(shared_server.storage, blob)
+    found = remote_set(shared_server.url).fetch_small_many(
+        [("sha256", "ab" * 32), ("sha1", digest.upper())], 1000)
+    assert found == {("sha1", digest.upper()): blob}

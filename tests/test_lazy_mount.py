@@ -111,14 +111,14 @@ def object_rel(digest):
 def cache_files(storage):
     """{name: size} of the objects in the client's download cache."""
     found = {}
-    for directory, _, names in os.walk(os.path.join(storage, "cache")):
-        if os.sep + "tmp" in directory:
-            continue
-        for name in names:
-            try:
-                found[name] = os.path.getsize(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass
+    for algorithm in ("sha1", "md5"):  # (not the temp area)
+        walked = os.walk(os.path.join(storage, "cache", algorithm))
+        for directory, _, names in walked:
+            for name in names:
+                try:
+                    found[name] = os.path.getsize(os.path.join(directory, name))
+                except FileNotFoundError:
+                    pass
     return found
 
 
