@@ -191,7 +191,8 @@ class Fetcher:
         return claimed
 
     def _fetch_batch(self, claimed):
-        """Fetch claimed small objects in one request; any it misses, one by one."""
+        """Fetch claimed small objects in one request; any it misses, one by one
+        (in parallel: a remote without the batch API misses them all)."""
         try:
             found = self._fetch_small_many([key for key, _ in claimed], SMALL_MAX)
         except Exception as error:  # only an optimisation: fall back to single fetches
@@ -199,17 +200,24 @@ class Fetcher:
             found = {}
         for key, future in claimed:
             data = found.get(key)
-            try:
-                if data is None:
-                    data = self._fetch_small_counted(*key, quiet=True)
-                else:
-                    self._keep_small(key, data)
-                future.set_result(data)
-            except BaseException as error:
-                future.set_exception(error)
-            finally:
-                with self._lock:
-                    self._in_flight.pop(("small",) + key, None)
+            if data is None:
+                self._pool.submit(self._settle_claim, key, future, None)
+            else:
+                self._settle_claim(key, future, data)
+
+    def _settle_claim(self, key, future, data):
+        """Keep (or, when None, fetch alone) a claimed object and resolve its Future."""
+        try:
+            if data is None:
+                data = self._fetch_small_counted(*key, quiet=True)
+            else:
+                self._keep_small(key, data)
+            future.set_result(data)
+        except BaseException as error:
+            future.set_exception(error)
+        finally:
+            with self._lock:
+                self._in_flight.pop(("small",) + key, None)
 
     def _remembered(self, algorithm, digest):
         with self._lock:  # an LRU lookup reorders it
