@@ -56,32 +56,11 @@ CACHE_TIMEOUT = 24 * 3600.0
 BLOCK_SIZE = 1 << 20
 #: Largest kernel readahead we ask for (the kernel's offer caps it).
 MAX_READAHEAD = 1 << 20
-#: Largest read request: a reply this size plus libfuse's headers must fit a
-#: pipe of the default maximum size (1 MiB) for libfuse to splice it.
-SPLICE_READ_MAX = (1 << 20) - 4 * 4096
 #: Directory entries kept ready for the kernel (about 200 bytes each).
 LISTING_CACHE_ENTRIES = 250_000
 
 # libfuse 3 constants (fuse_common.h, fuse.h).
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
-#: fuse_common.h: libfuse may splice reply data from a file descriptor into
-#: the device instead of copying it through a buffer.
-FUSE_CAP_SPLICE_WRITE = 1 << 7
-FUSE_CAP_SPLICE_MOVE = 1 << 8
-#: fuse_buf flags: the buffer is a file descriptor, read at ``pos``.
-FUSE_BUF_IS_FD = 1 << 1
-FUSE_BUF_FD_SEEK = 1 << 2
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.malloc.restype = ctypes.c_void_p
-_libc.malloc.argtypes = [ctypes.c_size_t]
-
-
-class _FuseBufvec(ctypes.Structure):
-    """struct fuse_bufvec with its one inline fuse_buf (mfusepy declares a pointer)."""
-
-    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t),
-                ("buf", mfusepy.fuse_buf * 1)]
 FUSE_READDIR_PLUS = 1 << 0
 FUSE_FILL_DIR_PLUS = 1 << 1
 
@@ -179,9 +158,7 @@ class KacheryOperations(mfusepy.Operations):
         """Ask for large readahead and READDIRPLUS on every listing chunk."""
         if conn is not None:
             conn.max_readahead = MAX_READAHEAD
-            conn.max_read = SPLICE_READ_MAX  # (must equal the max_read mount option)
             conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
-            conn.want |= conn.capable & (FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE)
         if self.on_ready:
             self.on_ready()
 
@@ -275,38 +252,6 @@ class KacheryOperations(mfusepy.Operations):
             return 0
         return os.preadv(fd, [(ctypes.c_char * length).from_address(address)], position)
 
-    @_mapped
-    def read_buf(self, path, bufpp, size, offset, fh):
-        """Answer a read with a fuse_bufvec that libfuse frees (malloc'd).
-
-        Bytes in a local file are handed over as (fd, position): libfuse
-        splices them from the page cache into the device without copying them
-        through this process. Others are copied once into a malloc'd buffer.
-        """
-        vector = _libc.malloc(ctypes.sizeof(_FuseBufvec))
-        if not vector:
-            raise MemoryError("malloc failed")
-        ctypes.memset(vector, 0, ctypes.sizeof(_FuseBufvec))
-        bufvec = _FuseBufvec.from_address(vector)
-        bufvec.count = 1
-        buf = bufvec.buf[0]
-        span = self.resolver.span(fh, size, offset)
-        if span is not None:
-            buf.fd, buf.pos, buf.size = span
-            buf.flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK
-        else:
-            data = self.resolver.read(fh, size, offset)
-            memory = _libc.malloc(max(len(data), 1))
-            if not memory:
-                ctypes.CDLL(None).free(ctypes.c_void_p(vector))
-                raise MemoryError("malloc failed")
-            if data:
-                target = (ctypes.c_char * len(data)).from_address(memory)
-                memoryview(target).cast("B")[:] = data
-            buf.mem, buf.size = memory, len(data)
-        bufpp[0] = ctypes.cast(vector, mfusepy.fuse_bufvec_p)
-        return 0
-
     def release(self, path, fh):
         self.resolver.release(fh)
         return 0
@@ -343,10 +288,6 @@ class KacheryFUSE(mfusepy.FUSE):
     def read(self, path, buf, size, offset, fip):
         # Straight into libfuse's reply buffer (see KacheryOperations.read_into).
         return self.operations.read_into(fip.contents.fh, ctypes.addressof(buf.contents), size, offset)
-
-    def read_buf(self, path, bufpp, size, offset, fip):
-        # libfuse prefers this to read(): see KacheryOperations.read_buf.
-        return self.operations.read_buf(None, bufpp, size, offset, fip.contents.fh)
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         ops = self.operations
@@ -403,7 +344,6 @@ def mount_options(allow_other=False, debug=False):
         use_ino=True,  # stable inode numbers from the resolver
         auto_unmount=True,  # fusermount3 unmounts even if the daemon is killed
         max_idle_threads=8,  # unset, libfuse 3.14 warns "invalid max threads value"
-        max_read=SPLICE_READ_MAX,
     )
     if allow_other:
         options["allow_other"] = True

@@ -305,14 +305,10 @@ def serve_floor(source, mountpoint):
         os.environ["FUSE_LIBRARY_PATH"] = ctypes.util.find_library("fuse3")
     import mfusepy
 
-    from kachery_fs.fuse_adapter import SPLICE_READ_MAX, mount_options
+    from kachery_fs.fuse_adapter import mount_options
 
     class Floor(mfusepy.Operations):
         use_ns = True
-
-        def init_with_config(self, conn, config):
-            if conn is not None:  # must agree with the max_read mount option
-                conn.max_read = SPLICE_READ_MAX
 
         def getattr(self, path, fh=None):
             st = os.lstat(source + path)
