@@ -129,21 +129,30 @@ class Fetcher:
                          lambda: self._download_counted(algorithm, digest, quiet=True))
 
     def _download_counted(self, algorithm, digest, quiet=False):
-        try:
-            started = time.monotonic()
-            path = self._download(algorithm, digest, self.cache)
+        started = time.monotonic()
+        path = self._counted(algorithm, digest, quiet,
+                             lambda: self._download(algorithm, digest, self.cache))
+        if path is not None:
             log.debug("fetched %s://%s whole in %.3f s", algorithm, digest,
                       time.monotonic() - started)
+            self.stats.add("bytes_fetched", os.path.getsize(path))
+        return path
+
+    def _counted(self, algorithm, digest, quiet, fetch):
+        """``fetch()``, counting verification failures. With ``quiet`` (a
+        prefetch) a failure is logged and gives None; the reader who then asks
+        fetches again and gets the error."""
+        try:
+            return fetch()
         except HashMismatch:
             self.stats.add("verification_failures")
-            raise
+            if not quiet:
+                raise
         except Exception as error:
-            if quiet:
-                log.debug("prefetch of %s://%s failed: %s", algorithm, digest, error)
-                return None
-            raise
-        self.stats.add("bytes_fetched", os.path.getsize(path))
-        return path
+            if not quiet:
+                raise
+            log.debug("prefetch of %s://%s failed: %s", algorithm, digest, error)
+        return None
 
     # ------------------------------------------------------- small objects
 
@@ -234,19 +243,10 @@ class Fetcher:
         return self._shared(("small", algorithm, digest), work)
 
     def _fetch_small_counted(self, algorithm, digest, quiet):
-        try:
-            data = self._fetch_small(algorithm, digest, SMALL_MAX)
-        except HashMismatch:
-            self.stats.add("verification_failures")
-            if quiet:
-                return None
-            raise
-        except Exception as error:
-            if quiet:
-                log.debug("prefetch of %s://%s failed: %s", algorithm, digest, error)
-                return None
-            raise
-        self._keep_small((algorithm, digest), data)
+        data = self._counted(algorithm, digest, quiet,
+                             lambda: self._fetch_small(algorithm, digest, SMALL_MAX))
+        if data is not None:
+            self._keep_small((algorithm, digest), data)
         return data
 
     def _keep_small(self, key, data):
