@@ -97,8 +97,9 @@ class RecordingBatch(WriteBatch):
 
     # ------------------------------------------------------ large files
 
-    def hash_in_place(self, source, algorithm):
-        """Ingest's hook for a large file: (size, digest, chunks) without a copy.
+    def hash_in_place(self, source, algorithm, path):
+        """Ingest's hook for a large file ``source`` opened from ``path``:
+        (size, digest, chunks) without a copy.
 
         Pass one hashes the whole file; its upload then starts in the
         background while pass two hashes the chunks of its file manifest.
@@ -110,14 +111,14 @@ class RecordingBatch(WriteBatch):
             return ingest._copy_to_temp(self, source, algorithm)
         size, digest = _hash_whole(source, algorithm)
         key = (algorithm, digest)
-        self._references.setdefault(key, os.path.abspath(source.name))
+        self._references.setdefault(key, os.path.abspath(path))
         self.recorded.setdefault(key, None)
         self._upload_early(key)
         chunks = _hash_chunks(source) if algorithm == "sha1" else []
         after = os.fstat(source.fileno())
         unchanged = (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
         if not unchanged or size != before.st_size:
-            raise OSError(f"{source.name} changed while it was being stored")
+            raise OSError(f"{path} changed while it was being stored")
         return size, digest, chunks
 
     def _upload_early(self, key):

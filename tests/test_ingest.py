@@ -21,52 +21,82 @@ def store(storage_dir):
 
 
 class CountingFile(io.FileIO):
-    """A FileIO that records every byte read through it."""
+    """A FileIO that adds every byte read through it to ``self.reads`` (SourceReads)."""
 
-    opened = []
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.bytes_read = 0
-        CountingFile.opened.append(self)
+    reads = None
 
     def read(self, size=-1):
         data = super().read(size)
-        self.bytes_read += len(data or b"")
+        self.reads.bytes_read += len(data or b"")
         return data
 
     def readall(self):
         data = super().readall()
-        self.bytes_read += len(data)
+        self.reads.bytes_read += len(data)
         return data
 
     def readinto(self, buffer):
         count = super().readinto(buffer)
-        self.bytes_read += count or 0
+        self.reads.bytes_read += count or 0
         return count
 
 
+class SourceReads:
+    """Opens of one path and the bytes read from them, through os.open/os.read
+    (small files) or a file object over the descriptor (large ones)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.opens = 0
+        self.bytes_read = 0
+        self.fds = set()
+
+
 @pytest.fixture
-def counting_open(monkeypatch):
-    CountingFile.opened = []
+def source_reads(monkeypatch, tmp_path):
+    reads = SourceReads(tmp_path / "f")
+    real_open, real_read, real_close = os.open, os.read, os.close
 
-    def fake_open(path, mode="r", buffering=-1, **kwargs):
+    def counting_open(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if os.fspath(path) == reads.path:
+            reads.opens += 1
+            reads.fds.add(fd)
+        return fd
+
+    def counting_read(fd, size):
+        data = real_read(fd, size)
+        if fd in reads.fds:
+            reads.bytes_read += len(data)
+        return data
+
+    def counting_close(fd):
+        reads.fds.discard(fd)
+        real_close(fd)
+
+    def file_over(fd, mode="r", buffering=-1, closefd=True, **kwargs):
         assert "b" in mode and buffering == 0, "ingest reads unbuffered binary files"
-        return CountingFile(path, mode.replace("b", ""))
+        assert fd in reads.fds and not closefd, "a file object over the source's descriptor"
+        counted = CountingFile(fd, mode.replace("b", ""), closefd=False)
+        counted.reads = reads
+        return counted
 
-    monkeypatch.setattr(ingest, "open", fake_open, raising=False)
-    return CountingFile.opened
+    monkeypatch.setattr(os, "open", counting_open)
+    monkeypatch.setattr(os, "read", counting_read)
+    monkeypatch.setattr(os, "close", counting_close)
+    monkeypatch.setattr(ingest, "open", file_over, raising=False)
+    return reads
 
 
 @pytest.mark.parametrize("size", [0, 1000, ingest.SMALL_FILE + 1, 2 * ingest.CHUNK_SIZE + 5])
-def test_single_pass_over_the_data(store, tmp_path, counting_open, size):
+def test_single_pass_over_the_data(store, tmp_path, source_reads, size):
     data = os.urandom(size)
     path = tmp_path / "f"
     path.write_bytes(data)
     with WriteBatch(store) as batch:
         stored = ingest.store_path(batch, path)
-    assert len(counting_open) == 1, "the source was opened more than once"
-    assert counting_open[0].bytes_read == size, "the source was read more than once"
+    assert source_reads.opens == 1, "the source was opened more than once"
+    assert source_reads.bytes_read == size, "the source was read more than once"
     assert stored.digest == hashlib.sha1(data).hexdigest()
     assert store.read_bytes("sha1", stored.digest) == data
 

@@ -276,7 +276,7 @@ def test_discarding_the_batch_stops_a_running_early_upload(tmp_path):
     big.write_bytes(pseudo_random(3 * 1000 * 1000, 8))
     batch = RecordingBatch(LocalStore(tmp_path / "store"), remotes)
     with open(big, "rb", buffering=0) as source:
-        batch.hash_in_place(source, "sha1")
+        batch.hash_in_place(source, "sha1", big)
     assert started.wait(5)
     begun = time.monotonic()
     batch.discard()
