@@ -137,7 +137,7 @@ def _copy_to_temp(batch, source, algorithm):
 
 
 def _copy_and_hash(source, fd, algorithm):
-    """Copy ``source`` to ``fd`` while hashing; return (size, digest, chunks).
+    """Copy ``source`` to ``fd`` (None: no copy) while hashing; return (size, digest, chunks).
 
     Two single-thread workers run decoupled from each other and from the
     reader: one feeds the whole-file hash, the other hashes each chunk and
@@ -203,11 +203,12 @@ def _retire(in_flight, results):
 
 
 def _write_chunk(fd, block, offset, want_chunk):
-    """Write one block at the end of ``fd``; return its Chunk (or None)."""
-    _write_all(fd, block)
+    """Write one block at the end of ``fd`` (None: hash only); return its Chunk (or None)."""
     end = offset + len(block)
-    if end // WRITEBACK_STEP != offset // WRITEBACK_STEP:
-        start_writeback(fd, 0, 0)  # get the disk busy now, not at the final flush
+    if fd is not None:
+        _write_all(fd, block)
+        if end // WRITEBACK_STEP != offset // WRITEBACK_STEP:
+            start_writeback(fd, 0, 0)  # get the disk busy now, not at the final flush
     if not want_chunk:
         return None
     return Chunk(offset, end, digest_bytes("sha1", block))

@@ -11,10 +11,9 @@ server to something the server cannot serve.
 
 With ``keep_local=False`` nothing is published locally and nothing is copied:
 small objects are kept in memory (up to a budget); a large regular file is
-hashed in place (ingest calls :meth:`RecordingBatch.hash_in_place`), and its
-upload starts as soon as its digest is known, while the chunk hashes of its
-file manifest are computed — so the file is sent about as soon as `openssl
-dgst` would have finished, straight from the source.
+hashed in place (ingest calls :meth:`RecordingBatch.hash_in_place`): its
+whole-file and chunk hashes in one pass on two threads, so its upload starts,
+straight from the source, about when `openssl dgst` would have finished.
 """
 
 import os
@@ -24,8 +23,6 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from . import ingest
 from .errors import ConfigError
-from .hashing import digest_bytes, new_hasher
-from .manifest import Chunk
 from .store import WriteBatch
 
 #: Parallel upload requests.
@@ -37,8 +34,6 @@ BATCH_BYTES = 8 * 1024 * 1024
 SMALL_OBJECT = 1024 * 1024
 #: With keep_local=False, small objects up to this many bytes in all stay in memory.
 MEMORY_BUDGET = 256 * 1024 * 1024
-#: Read size of the in-place hash passes.
-READ_BLOCK = 8 * 1024 * 1024
 
 
 class UploadCancelled(Exception):
@@ -101,20 +96,21 @@ class RecordingBatch(WriteBatch):
         """Ingest's hook for a large file ``source`` opened from ``path``:
         (size, digest, chunks) without a copy.
 
-        Pass one hashes the whole file; its upload then starts in the
-        background while pass two hashes the chunks of its file manifest.
-        A pipe or other non-regular file is copied to a temp file instead.
-        Raises OSError if the file changes in between.
+        One pass computes the whole-file hash and the chunk hashes of its
+        file manifest on two threads (ingest's pipeline, without the copy);
+        the upload then starts in the background, with the machine to itself
+        (hashing chunks during the upload competed with the server's own
+        hashing for the two cores). A pipe or other non-regular file is copied
+        to a temp file instead. Raises OSError if the file changes meanwhile.
         """
         before = os.fstat(source.fileno())
         if not stat.S_ISREG(before.st_mode):
             return ingest._copy_to_temp(self, source, algorithm)
-        size, digest = _hash_whole(source, algorithm)
+        size, digest, chunks = ingest._copy_and_hash(source, None, algorithm)
         key = (algorithm, digest)
         self._references.setdefault(key, os.path.abspath(path))
         self.recorded.setdefault(key, None)
         self._upload_early(key)
-        chunks = _hash_chunks(source) if algorithm == "sha1" else []
         after = os.fstat(source.fileno())
         unchanged = (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
         if not unchanged or size != before.st_size:
@@ -241,32 +237,6 @@ def upload_all(remotes, items, progress=None, workers=UPLOAD_WORKERS):
 def _upload_if_missing(remotes, algorithm, digest, path, progress):
     if (algorithm, digest) not in remotes.has_many([(algorithm, digest)]):
         remotes.upload(algorithm, digest, path, progress)
-
-
-def _hash_whole(source, algorithm):
-    """(size, hex digest) of an open file, read from the start."""
-    hasher = new_hasher(algorithm)
-    buffer = bytearray(READ_BLOCK)
-    view = memoryview(buffer)
-    size = 0
-    source.seek(0)
-    while count := source.readinto(buffer):
-        hasher.update(view[:count])
-        size += count
-    return size, hasher.hexdigest()
-
-
-def _hash_chunks(source):
-    """The file-manifest Chunks of an open file, with ingest's boundaries
-    (every ingest.CHUNK_SIZE bytes), so the manifest and hence the URL are
-    the same as when the file is stored locally."""
-    chunks = []
-    buffer = bytearray(ingest.CHUNK_SIZE)
-    source.seek(0)
-    while count := ingest._read_full(source, buffer):
-        start = chunks[-1].end if chunks else 0
-        chunks.append(Chunk(start, start + count, digest_bytes("sha1", memoryview(buffer)[:count])))
-    return chunks
 
 
 def _batches(sized):
