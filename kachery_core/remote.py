@@ -17,9 +17,10 @@ applies: requests costs about 1.6 ms of Python per call on top of urllib3's
 0.6 ms, which is most of the cost of fetching a 50 KB object over loopback.
 Everything else goes through one ``requests.Session`` per thread.
 
-Reliability: connection reuse, connect/read timeouts from the config, retries with exponential backoff
-on connection errors and 5xx answers, and a remote that failed all its
-retries is skipped for a while instead of being retried for every object.
+Reliability: connection reuse, connect/read timeouts from the config,
+retries with exponential backoff on connection errors and 5xx answers, and a
+remote that failed all its retries is skipped for a while instead of being
+retried for every object.
 """
 
 import http.client
