@@ -297,12 +297,9 @@ class RemoteSet:
                 if response.status_code == 200:  # Range ignored (python -m http.server)
                     _skip(readinto, chunk.start)
                 data = _uninitialized(chunk.end - chunk.start)
-                count = _receive_into(readinto, data)
-                if count != len(data):
-                    raise _TransferFailed(f"body ended after {count} of {len(data)} bytes")
+                got = _receive_hashing(readinto, data)
             except _TransferFailed as error:
                 raise RemoteUnavailable(remote.url, f"transfer of {path} broke: {error}") from None
-        got = digest_bytes("sha1", data)  # count == len(data) here
         if got != chunk.sha1:
             raise HashMismatch(chunk.sha1, got, f"chunk of {path} from {remote.url}")
         return memoryview(data)  # compares equal to bytes, without a 4 MiB copy
@@ -782,6 +779,22 @@ def _pump(readinto, fd, hasher, progress, block_size=RECEIVE_BLOCK, early_writeb
         written += count
         if progress:
             progress(count)
+
+
+def _receive_hashing(readinto, buffer):
+    """Fill ``buffer`` from a body, hashing each RECEIVE_BLOCK step as it
+    arrives (still in the CPU's cache, see _pump); return its sha1 hex digest.
+    Raises _TransferFailed when the body ends before the buffer is full."""
+    view = memoryview(buffer)
+    hasher = new_hasher("sha1")
+    filled = 0
+    while filled < len(buffer):
+        got = _receive_into(readinto, view[filled:filled + RECEIVE_BLOCK])
+        if not got:
+            raise _TransferFailed(f"body ended after {filled} of {len(buffer)} bytes")
+        hasher.update(view[filled:filled + got])
+        filled += got
+    return hasher.hexdigest()
 
 
 def _uninitialized(size):
