@@ -23,7 +23,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import markdown_table  # noqa: E402
+from benchlib import markdown_table, unmount  # noqa: E402
 
 CHUNK = 4 * 1024 * 1024
 MEDIUM_MIB = 64
@@ -78,11 +78,7 @@ class Mount:
         return os.path.join(self.point, "sha1dir", url.split("://", 1)[1])
 
     def close(self):
-        subprocess.run(["fusermount3", "-u", self.point], check=False)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        unmount(self.point, self.process)
         shutil.rmtree(self.storage, ignore_errors=True)
 
 

@@ -34,6 +34,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import unmount  # noqa: E402
+
 GIB = 1 << 30
 
 
@@ -102,12 +105,7 @@ class Daemon:
         return float("nan")
 
     def stop(self):
-        subprocess.run(["fusermount3", "-u", self.mountpoint], capture_output=True)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            subprocess.run(["fusermount3", "-u", "-z", self.mountpoint], capture_output=True)
+        unmount(self.mountpoint, self.process)
 
 
 def kachery_mount(workdir):

@@ -1,5 +1,5 @@
 """Small helpers shared by the benchmark scripts: timing with peak memory,
-medians of alternating runs, and Markdown tables."""
+medians of alternating runs, unmounting, and Markdown tables."""
 
 import os
 import shlex
@@ -22,6 +22,17 @@ def run_measured(command, shell=False, env=None, stdout=subprocess.DEVNULL):
         shown = command if isinstance(command, str) else shlex.join(command)
         raise RuntimeError(f"{shown} failed ({process.returncode}): {error.strip()}")
     return elapsed, usage.ru_maxrss / 1024
+
+
+def unmount(mountpoint, process, timeout=20):
+    """Unmount a FUSE mount and wait for its daemon; kill it (and detach the
+    mount lazily) if it does not exit in time."""
+    subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
 
 
 def median_times(runners, repeat, before_each=None):
