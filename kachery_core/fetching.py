@@ -114,13 +114,10 @@ class Fetcher:
             self.stats.add("cache_hits")
             return self.cache.put(data, algorithm, digest)
         self.stats.add("cache_misses")
-        path = None
-        for _attempt in range(2):  # a prefetch that failed quietly gives None: fetch again
-            path = self._shared(("object", algorithm, digest),
-                                lambda: self._download_counted(algorithm, digest)).result()
-            if path is not None:
-                break
-        return path or self._download_counted(algorithm, digest)
+        return _unless_quiet_failure(
+            self._shared(("object", algorithm, digest),
+                         lambda: self._download_counted(algorithm, digest)),
+            lambda: self._download_counted(algorithm, digest))
 
     def prefetch(self, algorithm, digest):
         """Start downloading an object in the background (no wait, errors logged)."""
@@ -164,12 +161,8 @@ class Fetcher:
             self.stats.add("cache_hits")
             return data
         self.stats.add("cache_misses")
-        data = self._small_future(algorithm, digest).result()
-        if data is None:  # a prefetch that failed quietly: fetch again, with its error
-            data = self._small_future(algorithm, digest).result()
-        if data is None:
-            data = self._fetch_small_counted(algorithm, digest, quiet=False)
-        return data
+        return _unless_quiet_failure(self._small_future(algorithm, digest),
+                                     self._small_work(algorithm, digest, quiet=False))
 
     def prefetch_small(self, objects):
         """Start fetching small objects [(algorithm, digest)] into memory (no
@@ -233,6 +226,11 @@ class Fetcher:
             return self._memory.get((algorithm, digest))
 
     def _small_future(self, algorithm, digest, quiet=False):
+        return self._shared(("small", algorithm, digest),
+                            self._small_work(algorithm, digest, quiet))
+
+    def _small_work(self, algorithm, digest, quiet):
+        """A callable fetching a small object's bytes (None if it failed ``quiet``ly)."""
         if self._fetch_small is None:  # no in-memory path: whole download to the cache
             def work():
                 return self.cache.read_bytes(algorithm, digest) if self._download_counted(
@@ -240,7 +238,7 @@ class Fetcher:
         else:
             def work():
                 return self._fetch_small_counted(algorithm, digest, quiet)
-        return self._shared(("small", algorithm, digest), work)
+        return work
 
     def _fetch_small_counted(self, algorithm, digest, quiet):
         data = self._counted(algorithm, digest, quiet,
@@ -523,6 +521,13 @@ class Fetcher:
         self.cache.publish(temp_path, target.algorithm, target.digest)
         for chunk in manifest.chunks:
             self.cache.discard("sha1", chunk.sha1)
+
+
+def _unless_quiet_failure(future, fetch):
+    """The result of a shared fetch; when it was a prefetch that failed quietly
+    (None), ``fetch()`` again here, so the caller gets the object or the error."""
+    result = future.result()
+    return result if result is not None else fetch()
 
 
 def _concatenate(cache, manifest, fd, algorithm):
