@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cachetools import LRUCache
@@ -77,6 +78,10 @@ class Fetcher:
         self._assemblies = {}  # target digest -> Assembly (written by the writer thread only)
         self._unwritten = 0  # bytes handed to the writer and not yet in the cache
         self.stats = stats or Stats()
+        # A command or script that read part of a large file leaves an
+        # unfinished assembly: drop its temp file when this Fetcher goes away
+        # or the process ends (after the worker threads have finished).
+        weakref.finalize(self, _drop_assemblies, self._assemblies, self.cache)
 
     # ------------------------------------------------------ single flight
 
@@ -276,9 +281,7 @@ class Fetcher:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._writer.shutdown(wait=True)
         with self._lock:
-            unfinished = list(self._assemblies.values())
-        for assembly in unfinished:
-            self._drop_assembly(assembly)
+            _drop_assemblies(self._assemblies, self.cache)
 
     # -------------------------------------------------------------- chunks
 
@@ -521,6 +524,14 @@ class Fetcher:
         self.cache.publish(temp_path, target.algorithm, target.digest)
         for chunk in manifest.chunks:
             self.cache.discard("sha1", chunk.sha1)
+
+
+def _drop_assemblies(assemblies, cache):
+    """Remove the temp files of unfinished assemblies and their reserved room."""
+    for assembly in list(assemblies.values()):
+        assembly.abort()
+        cache.discard(assembly.target.algorithm, assembly.target.digest)
+    assemblies.clear()
 
 
 def _unless_quiet_failure(future, fetch):

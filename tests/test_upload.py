@@ -141,6 +141,8 @@ def test_range_reads_fetch_only_the_chunks_they_touch(servers, env, run_cli, tmp
                   if f"GET /{object_rel(digest)}" in line and '" 200 ' in line]
     assert whole_gets == []  # only 206 chunk requests
     assert not os.path.exists(os.path.join(b["KACHERY_STORAGE_DIR"], "cache", object_rel(digest)))
+    temp_area = os.path.join(b["KACHERY_STORAGE_DIR"], "cache", "tmp")
+    assert not os.path.isdir(temp_area) or os.listdir(temp_area) == []  # no partial assembly left
 
 
 def test_static_http_server_is_a_read_only_remote(servers, env, run_cli, tmp_path):
