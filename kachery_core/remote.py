@@ -531,10 +531,6 @@ class _DirectResponse:
         self.headers = raw.headers
 
     @property
-    def content(self):
-        return self.raw.data
-
-    @property
     def text(self):
         return self.raw.data.decode("utf-8", "replace")
 
