@@ -35,6 +35,7 @@ import time
 import requests
 import urllib3
 
+from . import zerocopy
 from .durability import start_writeback
 from .errors import (
     AccessDenied,
@@ -257,9 +258,8 @@ class RemoteSet:
         fd, temp_path = store.create_temp()
         try:
             expected = response.headers.get("Content-Length", "")
-            block = min(RECEIVE_BLOCK, int(expected) + 1) if expected.isdigit() else RECEIVE_BLOCK
-            got, size = _pump(_body_reader(response), fd, new_hasher(algorithm),
-                              progress, block, early_writeback=store.durable_writes)
+            got, size = _receive_body(response, fd, new_hasher(algorithm), progress,
+                                      early_writeback=store.durable_writes)
             if expected.isdigit() and size != int(expected):  # http.client does not raise on this
                 raise _TransferFailed(f"body ended after {size} of {expected} bytes")
             if got != digest:
@@ -746,6 +746,26 @@ def _body_reader(response):
             and int(length) >= FAST_READ_MIN and not response.headers.get("Content-Encoding")):
         return fast.readinto
     return raw.readinto
+
+
+def _receive_body(response, fd, hasher, progress, early_writeback):
+    """Write a response body to ``fd`` while hashing it; return (hex digest, size).
+
+    A large plain-HTTP body is spliced in the kernel (zerocopy.py), anything
+    else goes through _pump.
+    """
+    expected = response.headers.get("Content-Length", "")
+    sock = (zerocopy.body_socket(response.raw)
+            if expected.isdigit() and int(expected) >= FAST_READ_MIN else None)
+    if sock is None:
+        block = min(RECEIVE_BLOCK, int(expected) + 1) if expected.isdigit() else RECEIVE_BLOCK
+        return _pump(_body_reader(response), fd, hasher, progress, block, early_writeback)
+    try:
+        size = zerocopy.receive(response.raw, sock, fd, hasher, progress,
+                                WRITEBACK_STEP if early_writeback else None)
+    except _NETWORK_ERRORS as error:
+        raise _TransferFailed(_describe(error)) from None
+    return hasher.hexdigest(), size
 
 
 def _pump(readinto, fd, hasher, progress, block_size=RECEIVE_BLOCK, early_writeback=True):

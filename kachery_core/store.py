@@ -70,9 +70,13 @@ class LocalStore:
         return os.path.join(temp_dir, f"{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.part")
 
     def create_temp(self):
-        """Create a new temp file; return (fd, path). The caller owns both."""
+        """Create a new temp file; return (fd, path). The caller owns both.
+
+        Opened for reading too: a download hashes what it spliced into the
+        file through a mapping of it (zerocopy.py).
+        """
         path = self.temp_path()
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), path
 
     def publish(self, temp_path, algorithm, digest):
         """Rename a complete, verified temp file to its object name.

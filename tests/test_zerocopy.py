@@ -1,0 +1,208 @@
+"""Large downloads spliced in the kernel (kachery_core.zerocopy), against a
+real kachery-server and small misbehaving servers on 127.0.0.1: exact bytes
+across hash-window and step edges, connection reuse, a stalled or cut body,
+and the fall-backs for kernels and file systems that refuse splice(2)."""
+
+import errno
+import hashlib
+import http.server
+import os
+import threading
+import time
+
+import pytest
+
+from kachery_core import remote as remote_module
+from kachery_core import zerocopy
+from kachery_core.config import Remote
+from kachery_core.errors import RemoteUnavailable
+from kachery_core.remote import RemoteSet
+from kachery_core.store import LocalStore
+from server_helpers import put_local, servers, sha1, shared_server, stored_objects  # noqa: F401
+
+pytestmark = pytest.mark.server
+
+MIB = 1024 * 1024
+
+
+def remote_set(*urls, **options):
+    options.setdefault("backoff", 0.01)
+    options.setdefault("timeout", 5)
+    return RemoteSet([Remote(url) for url in urls], **options)
+
+
+@pytest.fixture
+def small_steps(monkeypatch):
+    """Windows and steps far smaller than the bodies, so every edge case occurs."""
+    monkeypatch.setattr(zerocopy, "HASH_WINDOW", 64 * 1024)
+    monkeypatch.setattr(zerocopy, "STEP", 48 * 1024)
+
+
+@pytest.fixture
+def spliced(monkeypatch):
+    """Counts bodies that took the splice path (and keeps it enabled)."""
+    monkeypatch.setattr(zerocopy, "_enabled", True)
+    calls = []
+    real = zerocopy.receive
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(zerocopy, "receive", counting)
+    return calls
+
+
+def assert_clean(store, digest):
+    assert not store.has("sha1", digest)
+    assert stored_objects(store.root) == []
+    tmp = os.path.join(store.root, "tmp")
+    assert not os.path.isdir(tmp) or os.listdir(tmp) == []
+
+
+def read(path):
+    with open(path, "rb") as file:
+        return file.read()
+
+
+@pytest.mark.parametrize("size", [MIB, 3 * MIB + 17, 2 * MIB - 1, 64 * 1024 * 20])
+def test_spliced_download_is_exact(shared_server, tmp_path, small_steps, spliced, size):
+    data = os.urandom(size)
+    digest = put_local(shared_server.storage, data)
+    store = LocalStore(tmp_path / "local")
+    seen = []
+    path = remote_set(shared_server.url).download("sha1", digest, store, progress=seen.append)
+    assert read(path) == data
+    assert len(spliced) == 1, "a 1 MiB+ plain-HTTP body must be spliced"
+    assert sum(seen) == size
+
+
+def test_spliced_download_reuses_the_connection(shared_server, tmp_path, spliced):
+    blobs = [os.urandom(2 * MIB + n) for n in range(3)]
+    digests = [put_local(shared_server.storage, blob) for blob in blobs]
+    remotes = remote_set(shared_server.url)
+    store = LocalStore(tmp_path / "local")
+    for digest, blob in zip(digests, blobs):
+        assert read(remotes.download("sha1", digest, store)) == blob
+    assert len(spliced) == 3
+    pool = remotes._direct_pool(remotes.remotes[0]).connection_from_url(shared_server.url)
+    assert pool.num_connections == 1
+
+
+def test_splice_refused_by_the_kernel_falls_back(shared_server, tmp_path, spliced, monkeypatch):
+    data = os.urandom(3 * MIB + 5)
+    digest = put_local(shared_server.storage, data)
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(zerocopy.os, "splice", refuse, raising=False)
+    store = LocalStore(tmp_path / "local")
+    assert read(remote_set(shared_server.url).download("sha1", digest, store)) == data
+    assert zerocopy._enabled is False  # later bodies skip the attempt
+    other = os.urandom(2 * MIB)
+    assert read(remote_set(shared_server.url).download(
+        "sha1", put_local(shared_server.storage, other), store)) == other
+    assert len(spliced) == 1
+
+
+def test_file_system_without_splice_gets_plain_writes(shared_server, tmp_path, small_steps,
+                                                      spliced, monkeypatch):
+    data = os.urandom(2 * MIB + 3)
+    digest = put_local(shared_server.storage, data)
+    real = os.splice
+
+    def no_file_splice(source, target, count, offset_src=None, offset_dst=None, flags=0):
+        if offset_dst is not None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(source, target, count, offset_src, offset_dst, flags)
+
+    monkeypatch.setattr(zerocopy.os, "splice", no_file_splice)
+    store = LocalStore(tmp_path / "local")
+    assert read(remote_set(shared_server.url).download("sha1", digest, store)) == data
+    assert len(spliced) == 1
+
+
+# ------------------------------------------------- misbehaving servers
+
+class _Body(http.server.BaseHTTPRequestHandler):
+    """Announces ``len(body)`` bytes, sends ``sent`` of them, then closes
+    (``stall`` False) or goes quiet until released."""
+
+    protocol_version = "HTTP/1.1"
+    body = b""
+    sent = 0
+    stall = False
+
+    def do_GET(self):  # noqa: N802 (http.server naming)
+        cls = type(self)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(cls.body)))
+        self.end_headers()
+        self.wfile.write(cls.body[:cls.sent])
+        self.wfile.flush()
+        if cls.stall:
+            cls.release.wait(20)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def body_server():
+    handler = type("Handler", (_Body,), {"release": threading.Event()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    handler.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield handler
+    handler.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_body_cut_short_is_unavailable_and_leaves_nothing(body_server, tmp_path, spliced):
+    body_server.body = os.urandom(4 * MIB)
+    body_server.sent = 3 * MIB
+    store = LocalStore(tmp_path / "local")
+    digest = hashlib.sha1(body_server.body).hexdigest()
+    with pytest.raises(RemoteUnavailable, match="body ended after"):
+        remote_set(body_server.url, retries=1).download("sha1", digest, store)
+    assert spliced
+    assert_clean(store, digest)
+
+
+def test_stalled_body_times_out_and_leaves_nothing(body_server, tmp_path, spliced):
+    body_server.body = os.urandom(4 * MIB)
+    body_server.sent = MIB + 100
+    body_server.stall = True
+    store = LocalStore(tmp_path / "local")
+    digest = hashlib.sha1(body_server.body).hexdigest()
+    started = time.monotonic()
+    with pytest.raises(RemoteUnavailable, match="timed out"):
+        remote_set(body_server.url, retries=1, timeout=1).download("sha1", digest, store)
+    assert time.monotonic() - started < 5
+    assert spliced
+    assert_clean(store, digest)
+
+
+def test_corrupt_spliced_body_is_a_hash_mismatch(body_server, tmp_path, spliced):
+    from kachery_core.errors import HashMismatch
+
+    body_server.body = os.urandom(2 * MIB)
+    body_server.sent = len(body_server.body)
+    store = LocalStore(tmp_path / "local")
+    wrong = hashlib.sha1(b"something else").hexdigest()
+    with pytest.raises(HashMismatch):
+        remote_set(body_server.url, retries=1).download("sha1", wrong, store)
+    assert spliced
+    assert_clean(store, wrong)
+
+
+def test_receive_body_uses_the_pump_for_small_bodies(shared_server, tmp_path, spliced):
+    data = os.urandom(remote_module.FAST_READ_MIN - 1)
+    digest = put_local(shared_server.storage, data)
+    store = LocalStore(tmp_path / "local")
+    assert read(remote_set(shared_server.url).download("sha1", digest, store)) == data
+    assert spliced == []
