@@ -23,7 +23,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import markdown_table, unmount  # noqa: E402
+from benchlib import markdown_table, tool, unmount  # noqa: E402
 
 CHUNK = 4 * 1024 * 1024
 MEDIUM_MIB = 64
@@ -40,7 +40,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            ["kachery-server", "--storage", storage, "--port", str(self.port),
+            [tool("kachery-server"), "--storage", storage, "--port", str(self.port),
              "--config", os.path.join(storage, "..", "server.toml")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 15
@@ -66,7 +66,7 @@ class Mount:
         self.point = tempfile.mkdtemp(prefix="mnt-", dir=scratch)
         env = dict(os.environ, KACHERY_CONFIG="/nonexistent")
         self.process = subprocess.Popen(
-            ["kachery-mount", self.point, "--storage-dir", self.storage, "--remote", remote],
+            [tool("kachery-mount"), self.point, "--storage-dir", self.storage, "--remote", remote],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         deadline = time.time() + 10
         while not os.path.ismount(self.point):
@@ -97,7 +97,7 @@ def make_data(server_storage, scratch, size_mib):
         with open(os.path.join(tree, "small", f"s{index:03d}.dat"), "wb") as out:
             out.write(os.urandom(50_000))
     env = dict(os.environ, KACHERY_STORAGE_DIR=server_storage, KACHERY_CONFIG="/nonexistent")
-    url = subprocess.run(["kachery-store", tree], env=env, check=True, capture_output=True,
+    url = subprocess.run([tool("kachery-store"), tree], env=env, check=True, capture_output=True,
                          text=True).stdout.strip()
     shutil.rmtree(tree)
     return url
@@ -124,7 +124,7 @@ def bench_sequential(scratch, server, url, size_mib):
     storage = tempfile.mkdtemp(dir=scratch)
     env = dict(os.environ, KACHERY_STORAGE_DIR=storage, KACHERY_REMOTE=server.url,
                KACHERY_CONFIG="/nonexistent")
-    load_time = timed(lambda: subprocess.run(["kachery-load", url + "/big.bin"], env=env,
+    load_time = timed(lambda: subprocess.run([tool("kachery-load"), url + "/big.bin"], env=env,
                                              check=True, stdout=subprocess.DEVNULL))
     shutil.rmtree(storage)
     mib = size_mib

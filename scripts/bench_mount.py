@@ -35,7 +35,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import unmount  # noqa: E402
+from benchlib import tool, unmount  # noqa: E402
 
 GIB = 1 << 30
 
@@ -110,7 +110,7 @@ class Daemon:
 
 def kachery_mount(workdir):
     mountpoint = os.path.join(workdir, "mnt")
-    command = [_script("kachery-mount"), mountpoint, "--storage-dir", os.path.join(workdir, "storage")]
+    command = [tool("kachery-mount"), mountpoint, "--storage-dir", os.path.join(workdir, "storage")]
     return Daemon(command, mountpoint)
 
 
@@ -119,11 +119,6 @@ def floor_mount(workdir):
     command = [sys.executable, os.path.abspath(__file__), "--serve-floor",
                os.path.join(workdir, "tree"), mountpoint]
     return Daemon(command, mountpoint)
-
-
-def _script(name):
-    candidate = os.path.join(os.path.dirname(sys.executable), name)
-    return candidate if os.path.exists(candidate) else name
 
 
 # ---------------------------------------------------------------- measuring
@@ -151,7 +146,7 @@ def usable_after(workdir, digest):
     mountpoint = os.path.join(workdir, "mnt")
     os.makedirs(mountpoint, exist_ok=True)
     started = time.perf_counter()
-    process = subprocess.Popen([_script("kachery-mount"), mountpoint, "--storage-dir",
+    process = subprocess.Popen([tool("kachery-mount"), mountpoint, "--storage-dir",
                                 os.path.join(workdir, "storage")], stdout=subprocess.DEVNULL)
     snapshot = os.path.join(mountpoint, "sha1dir", digest)
     answers = _wait(lambda: "sha1dir" in os.listdir(mountpoint), process) - started

@@ -30,7 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import markdown_table, median_times, run_measured  # noqa: E402
+from benchlib import markdown_table, median_times, run_measured, tool  # noqa: E402
 
 MIB = 1 << 20
 
@@ -77,6 +77,16 @@ def remove(path):
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.unlink(path)
+
+
+def fresh(*paths):
+    """Remove the outputs of the last run and flush, so that every run starts
+    alike: with no dirty pages of its predecessor's 1 GiB, and after the
+    deletion of a synced file has been committed (this disk is mounted with
+    ``discard``; the run after ``curl -o && sync`` used to pay for it)."""
+    for path in paths:
+        remove(path)
+    os.sync()
 
 
 # ----------------------------------------------------------------- servers
@@ -129,9 +139,9 @@ class Server:
 def kachery_server(storage, workdir, token_name="bench"):
     """Start kachery-server on a free port with a write token; return (server, token)."""
     config = os.path.join(workdir, f"{token_name}.toml")
-    token = subprocess.run(["kachery-server", "token", "add", token_name, "--write", "--config", config],
+    token = subprocess.run([tool("kachery-server"), "token", "add", token_name, "--write", "--config", config],
                            check=True, capture_output=True).stdout.decode().strip()
-    command = ["kachery-server", "--storage", storage, "--port", "0", "--config", config]
+    command = [tool("kachery-server"), "--storage", storage, "--port", "0", "--config", config]
     server = Server(command, os.path.join(workdir, f"{token_name}.log"), rb"on (http://[\d.]+:\d+)")
     return server, token
 
@@ -181,7 +191,7 @@ def bench_download(scratch, big, digest, server, repeat):
     client = os.path.join(scratch, "client-store")
     url = f"{server.url}/{object_rel(digest)}"
     runners = {
-        "kachery-load": lambda: run_measured(["kachery-load", f"sha1://{digest}"],
+        "kachery-load": lambda: run_measured([tool("kachery-load"), f"sha1://{digest}"],
                                              env=client_env(client, server.url)),
         "curl -o": lambda: run_measured(["curl", "-sf", "-o", out, url]),
         "openssl dgst -sha1": lambda: run_measured(["openssl", "dgst", "-sha1", big]),
@@ -189,7 +199,7 @@ def bench_download(scratch, big, digest, server, repeat):
         # kachery-load must (SPEC §2) -- the disk-bound floor for a verified cache.
         "curl -o && sync": lambda: run_measured(["bash", "-c", f'curl -sf -o "{out}" "{url}" && sync "{out}"']),
     }
-    result = median_times(runners, repeat, before_each=lambda _: (remove(out), remove(client)))
+    result = median_times(runners, repeat, before_each=lambda _: fresh(out, client))
     remove(out), remove(client)
     ours = result["kachery-load"][0]
     baseline = max(result["curl -o"][0], result["openssl dgst -sha1"][0])
@@ -226,10 +236,10 @@ def bench_upload(scratch, big, digest, repeat):
                     f'"{server.url}/sha1/${{H:0:2}}/${{H:2:2}}/${{H:4:2}}/$H"')
         runners = {
             "kachery-store --upload-only": lambda: run_measured(
-                ["kachery-store", "--upload-only", big], env=client_env(client, server.url, token)),
+                [tool("kachery-store"), "--upload-only", big], env=client_env(client, server.url, token)),
             "openssl + curl -T": lambda: run_measured(["bash", "-c", baseline]),
         }
-        result = median_times(runners, repeat, before_each=lambda _: (remove(storage), remove(client)))
+        result = median_times(runners, repeat, before_each=lambda _: fresh(storage, client))
     remove(storage), remove(client)
     ours, theirs = result["kachery-store --upload-only"][0], result["openssl + curl -T"][0]
     return [(f"{_gib(os.path.getsize(big))} upload: kachery-store --upload-only vs openssl sha1 + curl -T",
@@ -244,8 +254,8 @@ def bench_snapshot(scratch, files):
     server, token = kachery_server(storage, scratch, "snapshot")
     with server:
         env = client_env(client, server.url, token)
-        first, _ = run_measured(["kachery-store", "--upload-only", source], env=env)
-        second, _ = run_measured(["kachery-store", "--upload-only", source], env=env)
+        first, _ = run_measured([tool("kachery-store"), "--upload-only", source], env=env)
+        second, _ = run_measured([tool("kachery-store"), "--upload-only", source], env=env)
     remove(storage), remove(client), remove(source)
     return [(f"{files} small files --upload-only, empty server", f"{first:.2f} s", "", "", "< 30 s", first < 30),
             (f"{files} small files --upload-only, second time", f"{second:.2f} s", "", "", "< 2 s", second < 2)]

@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import markdown_table, median_times, run_measured  # noqa: E402
+from benchlib import markdown_table, median_times, run_measured, tool  # noqa: E402
 
 
 def make_inputs(scratch, size_mib, files):
@@ -70,7 +70,7 @@ def run_all(scratch, args):
 
 def bench_big_store(big, small, store, copy, env, repeat):
     runners = {
-        "kachery-store": lambda: run_measured(["kachery-store", big], env=env),
+        "kachery-store": lambda: run_measured([tool("kachery-store"), big], env=env),
         "openssl sha1": lambda: run_measured(["openssl", "dgst", "-sha1", big]),
         "cp": lambda: run_measured(["cp", big, copy]),
         "cp+sync": lambda: run_measured(f"cp {big} {copy} && sync", shell=True),
@@ -88,7 +88,7 @@ def bench_big_store(big, small, store, copy, env, repeat):
 
 def bench_small_store(big, small, store, copy, env, repeat):
     runners = {
-        "kachery-store": lambda: run_measured(["kachery-store", small], env=env),
+        "kachery-store": lambda: run_measured([tool("kachery-store"), small], env=env),
         "cp -r": lambda: run_measured(["cp", "-r", small, copy]),
     }
     result = median_times(runners, repeat, before_each=lambda name: (fresh(store), fresh(copy)))
@@ -100,26 +100,26 @@ def bench_small_store(big, small, store, copy, env, repeat):
 
 def bench_cat(big, small, store, copy, env, repeat):
     fresh(store)
-    url = run_output(["kachery-store", big], env)
-    obj = run_output(["kachery-info", url], env, json_key="path")
+    url = run_output([tool("kachery-store"), big], env)
+    obj = run_output([tool("kachery-info"), url], env, json_key="path")
     runners = {
-        "kachery-cat": lambda: run_measured(f"kachery-cat '{url}' | wc -c", shell=True, env=env),
+        "kachery-cat": lambda: run_measured(f"{tool('kachery-cat')} '{url}' | wc -c", shell=True, env=env),
         "cat": lambda: run_measured(f"cat {obj} | wc -c", shell=True),
     }
     result = median_times(runners, repeat)
     kachery, _ = result["kachery-cat"]
     base = result["cat"][0]
-    _, rss = run_measured(["kachery-cat", url], env=env)
+    _, rss = run_measured([tool("kachery-cat"), url], env=env)
     return [["`kachery-cat \\| wc -c` vs `cat \\| wc -c`", f"{kachery:.2f}", f"{base:.2f}",
              f"{kachery / base:.2f}", "≤ 1.3", f"{rss:.0f}"]]
 
 
 def bench_startup(big, small, store, copy, env, repeat):
     sample = os.path.join(small, "d000", "f00000.txt")
-    url = run_output(["kachery-store", sample], env)
+    url = run_output([tool("kachery-store"), sample], env)
     rows = []
-    for command in (["kachery-store", sample], ["kachery-cat", url], ["kachery-info", url],
-                    ["kachery-ls", run_output(["kachery-store", os.path.dirname(sample)], env)]):
+    for command in ([tool("kachery-store"), sample], [tool("kachery-cat"), url], [tool("kachery-info"), url],
+                    [tool("kachery-ls"), run_output([tool("kachery-store"), os.path.dirname(sample)], env)]):
         result = median_times({"cmd": lambda c=command: run_measured(c, env=env)}, repeat)
         seconds, rss = result["cmd"]
         rows.append([f"start-up: {command[0]} (small input)", f"{seconds:.3f}", "", "",

@@ -5,7 +5,17 @@ import os
 import shlex
 import statistics
 import subprocess
+import sys
 import time
+
+
+def tool(name):
+    """The path of our command ``name``: the script installed next to this
+    interpreter when there is one, so a version manager's shim in PATH is not
+    timed with it (pyenv's adds 0.2-0.4 s to every start on the bench VM).
+    Baselines (curl, cp, ...) are the system's own binaries anyway."""
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
+    return candidate if os.path.exists(candidate) else name
 
 
 def run_measured(command, shell=False, env=None, stdout=subprocess.DEVNULL):
