@@ -97,7 +97,8 @@ class RecordingBatch(WriteBatch):
         (size, digest, chunks) without a copy.
 
         One pass computes the whole-file hash and the chunk hashes of its
-        file manifest on two threads (ingest's pipeline, without the copy);
+        file manifest on two threads, reading through memory mappings
+        (ingest.hash_mapped);
         the upload then starts in the background, with the machine to itself
         (hashing chunks during the upload competed with the server's own
         hashing for the two cores). A pipe or other non-regular file is copied
@@ -106,7 +107,7 @@ class RecordingBatch(WriteBatch):
         before = os.fstat(source.fileno())
         if not stat.S_ISREG(before.st_mode):
             return ingest._copy_to_temp(self, source, algorithm)
-        size, digest, chunks = ingest._copy_and_hash(source, None, algorithm)
+        size, digest, chunks = ingest.hash_mapped(source, algorithm, path)
         key = (algorithm, digest)
         self._references.setdefault(key, os.path.abspath(path))
         self.recorded.setdefault(key, None)

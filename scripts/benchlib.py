@@ -9,6 +9,12 @@ import sys
 import time
 
 
+# Our commands run with Python's bytecode cache, as they do when installed:
+# this sandbox sets PYTHONDONTWRITEBYTECODE, which makes every start compile
+# kachery's modules from source (about 45 ms).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
 def tool(name):
     """The path of our command ``name``: the script installed next to this
     interpreter when there is one, so a version manager's shim in PATH is not
