@@ -203,6 +203,20 @@ class CacheArea(LocalStore):
         return self.evict(0)
 
 
+def evicting_when_full(store, action):
+    """``action()``; when the disk is full and ``store`` is a CacheArea, evict
+    the whole download cache and run ``action`` once more (whole downloads,
+    which cannot resume a body half-written: see _write_or_evict for puts)."""
+    try:
+        return action()
+    except OSError as error:
+        if error.errno != errno.ENOSPC or not isinstance(store, CacheArea):
+            raise
+    log.info("cache: disk full, evicting the download cache")
+    store.evict(0)
+    return action()
+
+
 def _write_or_evict(cache, fd, data):
     """Write all of ``data``; a full disk evicts the whole cache and retries once."""
     view = memoryview(data)
@@ -214,7 +228,7 @@ def _write_or_evict(cache, fd, data):
             if error.errno != errno.ENOSPC or retried:
                 raise
             retried = True
-            log.warning("cache: disk full, evicting the download cache")
+            log.info("cache: disk full, evicting the download cache")
             cache.evict(0)
 
 

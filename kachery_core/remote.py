@@ -36,6 +36,7 @@ import requests
 import urllib3
 
 from . import zerocopy
+from .cache import evicting_when_full
 from .durability import start_writeback
 from .errors import (
     AccessDenied,
@@ -225,8 +226,9 @@ class RemoteSet:
         RemoteUnavailable (no remote could be reached).
         """
         progress = progress or self.progress
-        return self._failover(f"{algorithm}://{digest}", lambda remote: self._download_from(
-            remote, algorithm, digest, store, progress))
+        return evicting_when_full(store, lambda: self._failover(
+            f"{algorithm}://{digest}",
+            lambda remote: self._download_from(remote, algorithm, digest, store, progress)))
 
     def _failover(self, what, attempt):
         """``attempt(remote)`` on each live remote in order: the first result wins.
