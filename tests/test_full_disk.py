@@ -9,7 +9,9 @@ import subprocess
 
 import pytest
 
+from fs_helpers import Mount, needs_fuse
 from server_helpers import put_local, servers, shared_server  # noqa: F401  (fixtures)
+from test_lazy_mount import snapshot, snapshot_path  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.server
 
@@ -105,3 +107,20 @@ def test_download_into_a_full_cache_evicts_it_and_succeeds(run_cli, small_disk, 
         assert file.read() == data
     cached = [os.path.basename(rel) for rel in files_under(storage / "cache") if not rel.startswith("tmp/")]
     assert cached == [digest]  # the old entries were evicted to make room
+
+
+@needs_fuse
+@pytest.mark.fuse
+def test_mount_on_a_full_disk_serves_exact_bytes(small_disk, servers, snapshot):  # noqa: F811
+    """The client's disk (8 MiB) is far smaller than the big file (64+ MiB):
+    reads through the mount still return exactly the right bytes, from
+    memory, and the daemon stays up."""
+    storage, url, files = snapshot
+    server = servers.kachery(storage=storage)
+    disk = small_disk(8)
+    with Mount(disk / "mnt", disk / "client", ["--remote", server.url]) as mount:
+        for relpath in ["big.bin", "small/s00.dat", "big.bin"]:
+            digest = subprocess.run(["sha1sum", snapshot_path(mount, url, relpath)], check=True,
+                                    capture_output=True, text=True, timeout=60).stdout.split()[0]
+            assert digest == hashlib.sha1(files[relpath]).hexdigest(), relpath
+        assert mount.process.poll() is None
