@@ -24,12 +24,18 @@ high-entropy, so the digest cannot be brute-forced back to a token.
 
 import hashlib
 import json
+import logging
 import os
+import re
 import secrets
+import tempfile
+import time
 from dataclasses import dataclass, field
 
 from kachery_core.config import config_file_path, parse_size
 from kachery_core.errors import ConfigError
+
+log = logging.getLogger("kachery.server")
 
 DEFAULT_MAX_UPLOAD = "64G"
 DEFAULT_PORT = 8080
@@ -67,18 +73,48 @@ def token_digest(token):
 
 
 class Access:
-    """Who may do what: decides a request's fate from its Authorization header."""
+    """Who may do what: decides a request's fate from its Authorization header.
 
-    def __init__(self, tokens, private=False):
+    With ``config_path``, the tokens follow that file while the server runs:
+    its status is looked at no more than once per RELOAD_INTERVAL, and a
+    changed file is read again, so `kachery-server token add/remove` takes
+    effect without a restart. A file that no longer parses keeps the tokens
+    in force and is reported once (log).
+    """
+
+    #: Seconds between looks at the config file.
+    RELOAD_INTERVAL = 1.0
+
+    def __init__(self, tokens, private=False, config_path=None):
         self.private = private
         self._by_digest = {token.sha256: token for token in tokens}
+        self._config_path = config_path
+        self._file_state = _file_state(config_path) if config_path else None
+        self._next_look = time.monotonic() + self.RELOAD_INTERVAL
 
     def token_for(self, authorization):
         """The Token of a 'Bearer <token>' header, or None (absent or unknown)."""
         scheme, _, value = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             return None
+        self._follow_config()
         return self._by_digest.get(token_digest(value.strip()))
+
+    def _follow_config(self):
+        if self._config_path is None or time.monotonic() < self._next_look:
+            return
+        self._next_look = time.monotonic() + self.RELOAD_INTERVAL
+        state = _file_state(self._config_path)
+        if state == self._file_state:
+            return
+        self._file_state = state
+        try:
+            tokens = load_settings(self._config_path).tokens
+        except ConfigError as error:
+            log.error("%s; the tokens loaded before stay in force", error)
+            return
+        self._by_digest = {token.sha256: token for token in tokens}
+        log.info("tokens reloaded from %s: %d", self._config_path, len(tokens))
 
     def check(self, authorization, write):
         """None when allowed, else (status, reason): 401 no/bad token, 403 not permitted."""
@@ -92,6 +128,15 @@ class Access:
         if not allowed:
             return 403, f"token {token.name!r} may not {'write' if write else 'read'}"
         return None
+
+
+def _file_state(path):
+    """What tells that a file changed: (inode, size, mtime), or None if absent."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
 
 
 # -------------------------------------------------------------- config file
@@ -129,6 +174,10 @@ def _read_toml(path):
         return {}
     except UnicodeDecodeError as error:
         raise ConfigError(f"server config {path}: {error}") from None
+    return _loads(text, path)
+
+
+def _loads(text, path):
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -158,3 +207,70 @@ def add_token(path, name, write=False):
     with os.fdopen(fd, "w", encoding="utf-8") as file:
         file.write(entry)
     return token
+
+
+def remove_token(path, name):
+    """Delete the [[tokens]] entry named NAME from the config file.
+
+    Only that table's lines go; comments and the rest of the layout stay. The
+    file is replaced atomically with the same permissions, and a running
+    server stops accepting the token within a second (see Access).
+    """
+    settings = load_settings(path)
+    if not any(token.name == name for token in settings.tokens):
+        raise ConfigError(f"no token named {name!r} in {path}")
+    with open(path, encoding="utf-8") as file:
+        lines = file.read().splitlines(keepends=True)
+    kept = _without_token_table(lines, name)
+    text = "".join(kept)
+    remaining = _parse_tokens(text, path)
+    if [t.name for t in remaining] != [t.name for t in settings.tokens if t.name != name]:
+        raise ConfigError(f"could not remove token {name!r} from {path} safely: edit it by hand")
+    _replace_file(path, text)
+
+
+def _without_token_table(lines, name):
+    """``lines`` minus the [[tokens]] table whose name is ``name``."""
+    tables, start = [], None  # (first line, end line) of each table
+    for number, line in enumerate(lines):
+        if _TABLE_HEADER.match(line):
+            if start is not None:
+                tables.append((start, number))
+            start = number
+    if start is not None:
+        tables.append((start, len(lines)))
+    for first, end in tables:
+        block = lines[first:end]
+        if block[0].strip() == "[[tokens]]" and _parse_tokens("".join(block), "")[0].name == name:
+            return lines[:first] + lines[end:]
+    return lines
+
+
+_TABLE_HEADER = re.compile(r"^\s*\[")
+
+
+def _parse_tokens(text, path):
+    try:
+        return tuple(_token(item) for item in _loads(text, path).get("tokens", []))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"server config {path}: {error}") from None
+
+
+def _replace_file(path, text):
+    """Write ``text`` to ``path`` atomically, keeping the file's mode."""
+    mode = os.stat(path).st_mode & 0o7777
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=".server.toml.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise

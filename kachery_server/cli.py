@@ -3,6 +3,7 @@
     kachery-server [--storage DIR] [--host H] [--port P] [--config FILE]
                    [--tls-cert F --tls-key F] [--max-upload SIZE] [--private]
     kachery-server token add NAME [--write] [--config FILE]
+    kachery-server token remove NAME [--config FILE]
     kachery-server token list [--config FILE]
 """
 
@@ -41,13 +42,14 @@ def _serve(storage, host, port, config_path, tls_cert, tls_key, max_upload, priv
 
     from .app import configure_logging, make_app, run, tls_context
 
-    settings = access.load_settings(config_path or access.default_config_path())
+    config_path = config_path or access.default_config_path()
+    settings = access.load_settings(config_path)
     root = storage or settings.storage_dir or load_config().storage_dir
     store = LocalStore(root)
     store.remove_stale_temps()
     limit = parse_size(max_upload) if max_upload else settings.max_upload
     private = settings.private if private is None else private
-    rules = access.Access(settings.tokens, private=private)
+    rules = access.Access(settings.tokens, private=private, config_path=config_path)
     context = tls_context(tls_cert or settings.tls_cert, tls_key or settings.tls_key)
     configure_logging()
     reads = "reads need a token" if private else "public reads"
@@ -69,6 +71,15 @@ def token_add(name, write, config_path):
     """Create a token; print it once on stdout (only its hash is kept)."""
     path = config_path or access.default_config_path()
     run_reporting_errors(lambda: click.echo(access.add_token(path, name, write)))
+
+
+@token.command("remove")
+@click.argument("name")
+@_config_option
+def token_remove(name, config_path):
+    """Delete a token; a running server refuses it within a second."""
+    path = config_path or access.default_config_path()
+    run_reporting_errors(lambda: access.remove_token(path, name))
 
 
 @token.command("list")

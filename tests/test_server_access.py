@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from kachery_core.errors import ConfigError
-from kachery_server.access import Access, add_token, load_settings, token_digest
+from kachery_server.access import Access, add_token, load_settings, remove_token, token_digest
 
 
 def test_tokens_are_stored_hashed_and_permissions_apply(tmp_path):
@@ -63,3 +63,38 @@ def test_broken_config_is_a_config_error(tmp_path):
     config.write_text("port = [")
     with pytest.raises(ConfigError, match="server config"):
         load_settings(str(config))
+
+
+# ------------------------------------------------------ removal and reload
+
+def test_remove_token_keeps_everything_else(tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text('# my server\nport = 9000\nprivate = true\n')
+    add_token(str(config), "alice", write=True)
+    add_token(str(config), 'bob "the" reader')
+    add_token(str(config), "carol")
+    os.chmod(config, 0o640)
+    remove_token(str(config), 'bob "the" reader')
+    text = config.read_text()
+    assert text.startswith('# my server\nport = 9000\nprivate = true\n')
+    settings = load_settings(str(config))
+    assert [t.name for t in settings.tokens] == ["alice", "carol"]
+    assert settings.tokens[0].write and settings.port == 9000 and settings.private
+    assert os.stat(config).st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["server.toml"]  # no temp file left
+    with pytest.raises(ConfigError, match="no token named"):
+        remove_token(str(config), "bob")
+
+
+def test_access_follows_the_config_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(Access, "RELOAD_INTERVAL", 0)
+    config = tmp_path / "server.toml"
+    alice = add_token(str(config), "alice", write=True)
+    access = Access(load_settings(str(config)).tokens, config_path=str(config))
+    assert access.check(f"Bearer {alice}", write=True) is None
+    bob = add_token(str(config), "bob", write=True)
+    assert access.check(f"Bearer {bob}", write=True) is None
+    remove_token(str(config), "alice")
+    assert access.check(f"Bearer {alice}", write=True) == (401, "bad token")
+    config.write_text(config.read_text() + "\n[[tokens]]\nname = 3 = 4\n")  # broken: keep what we have
+    assert access.check(f"Bearer {bob}", write=True) is None

@@ -471,3 +471,29 @@ def test_tls_serves_and_verifies(servers, tmp_path, monkeypatch):
     big.write_bytes(os.urandom(9 * 1024 * 1024))  # large enough for the sendfile PUT
     writer = RemoteSet([Remote(server.url, server.write_token)])
     assert writer.upload("sha1", sha1(big.read_bytes()), str(big)) == 201
+
+
+# ------------------------------------------------------ live token changes
+
+def test_token_remove_takes_effect_on_a_running_server(run_cli, servers, tmp_path):
+    server = servers.kachery()
+    blob = b"uploaded with a token that is then removed"
+    url = f"{server.url}/{object_rel(sha1(blob))}"
+    headers = {"Authorization": f"Bearer {server.write_token}"}
+    assert requests.put(url, data=blob, headers=headers).status_code == 201
+    run_cli("kachery-server", "token", "remove", "writer", "--config", server.config, check=True)
+    deadline = time.monotonic() + 5
+    while requests.put(url, data=blob, headers=headers).status_code != 401:
+        assert time.monotonic() < deadline, "the removed token is still accepted"
+        time.sleep(0.1)
+    fresh = run_cli("kachery-server", "token", "add", "again", "--write", "--config", server.config,
+                    check=True).stdout.decode().strip()
+    other = b"a second object"
+    deadline = time.monotonic() + 5
+    while requests.put(f"{server.url}/{object_rel(sha1(other))}", data=other,
+                       headers={"Authorization": f"Bearer {fresh}"}).status_code != 201:
+        assert time.monotonic() < deadline, "the new token is not accepted"
+        time.sleep(0.1)
+    missing = run_cli("kachery-server", "token", "remove", "nobody", "--config", server.config)
+    assert missing.returncode == 2 and len(missing.stderr.decode().strip().splitlines()) == 1
+
