@@ -103,10 +103,15 @@ class CacheArea(LocalStore):
             return len(entries), self._usage
 
     def touch(self, algorithm, digest):
-        """Record a use of an object (moves it to the young end of the LRU)."""
+        """Record a use of an object (moves it to the young end of the LRU).
+
+        Only once the index exists: building it walks the whole cache (a
+        directory open per object), which a command that just reads cached
+        objects must not pay; the index built later orders by mtime.
+        """
         with self._lock:
-            entries = self._index()
-            if (algorithm, digest) in entries:
+            entries = self._entries
+            if entries is not None and (algorithm, digest) in entries:
                 entries.move_to_end((algorithm, digest))
 
     # -------------------------------------------------------------- writing

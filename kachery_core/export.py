@@ -4,7 +4,14 @@ import os
 import shutil
 
 from .client import FileTarget
+from .errors import InvalidManifest
+from .fetching import SMALL_MAX
 from .manifest import DirEntry
+
+#: Loading a snapshot, the small files fetched ahead of the one being written ...
+AHEAD_FILES = 64
+#: ... as long as they add up to at most this many bytes.
+AHEAD_BYTES = 32 * 1024 * 1024
 
 
 def export_file(kachery, target, dest):
@@ -62,15 +69,78 @@ def export_dir(kachery, entry: DirEntry, dest, progress=None):
 
 
 def _write_tree(kachery, entry, path, progress):
-    os.makedirs(path)
-    for name, file_entry in entry.files.items():
-        algorithm, digest = file_entry.algorithm_and_hash
-        target = FileTarget(algorithm, digest, file_entry.size, file_entry.manifest)
-        shutil.copyfile(kachery.file_path(target), os.path.join(path, name))
+    files = _make_dirs(entry, path)
+    ahead = _FetchAhead(kachery, [target for _, target in files])
+    for index, (dest, target) in enumerate(files):
+        ahead.reached(index)
+        data = ahead.fetched_bytes(target)
+        if data is None:
+            shutil.copyfile(kachery.file_path(target), dest)
+        else:
+            with open(dest, "xb") as file:
+                file.write(data)
         if progress:
-            progress(file_entry.size)
-    for name, sub in entry.dirs.items():
-        _write_tree(kachery, sub, os.path.join(path, name), progress)
+            progress(target.size)
+
+
+def _make_dirs(entry, path):
+    """Create the snapshot's directories under ``path``; return [(file path,
+    FileTarget)] in name order, depth first. A loop, not recursion: a tree
+    may be nested deeper than Python's recursion limit."""
+    files, pending = [], [(entry, path)]
+    while pending:
+        directory, where = pending.pop()
+        os.makedirs(where)
+        for name in sorted(directory.files):
+            file_entry = directory.files[name]
+            algorithm, digest = file_entry.algorithm_and_hash
+            files.append((os.path.join(where, name),
+                          FileTarget(algorithm, digest, file_entry.size, file_entry.manifest)))
+        pending.extend((sub, os.path.join(where, name)) for name, sub in sorted(directory.dirs.items(), reverse=True))
+    return files
+
+
+class _FetchAhead:
+    """Fetches the small remote files that come next while earlier ones are
+    written, so that loading a snapshot from a remote does not wait one round
+    trip per file: they arrive in batches (POST /api/download where the
+    server has it) into the fetcher's memory, are written from there, and
+    reach the cache in the background."""
+
+    def __init__(self, kachery, targets):
+        self.kachery = kachery
+        self.targets = targets
+        self.next_look = 0
+
+    def reached(self, index):
+        """File ``index`` is about to be written."""
+        if index < self.next_look:
+            return
+        window, total = [], 0
+        for target in self.targets[index:index + AHEAD_FILES]:
+            total += target.size
+            if window and total > AHEAD_BYTES:
+                break
+            window.append(target)
+        self.next_look = index + max(len(window) // 2, 1)
+        remote = [target for target in window if self._remote_small(target)]
+        if remote and self.kachery.fetcher is not None:
+            self.kachery.fetcher.prefetch_small([(t.algorithm, t.digest) for t in remote])
+
+    def fetched_bytes(self, target):
+        """A small remote file's verified bytes, from the fetcher's memory;
+        None for a file to copy from this machine's store or cache."""
+        if not self._remote_small(target) or self.kachery.fetcher is None:
+            return None
+        data = self.kachery.fetcher.small_object(target.algorithm, target.digest)
+        if len(data) != target.size:
+            raise InvalidManifest(f"{target.algorithm}://{target.digest}",
+                                  f"the snapshot says {target.size} bytes but the object has {len(data)}")
+        return data
+
+    def _remote_small(self, target):
+        return (not target.manifest and target.size <= SMALL_MAX
+                and self.kachery.find_local(target.algorithm, target.digest) is None)
 
 
 def _partial_name(dest):

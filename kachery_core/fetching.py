@@ -114,7 +114,7 @@ class Fetcher:
             self.stats.add("cache_hits")
             self.cache.touch(algorithm, digest)
             return path
-        data = self._remembered(algorithm, digest)
+        data = self._remembered(algorithm, digest) or self._prefetched_small(algorithm, digest)
         if data is not None:  # fetched into memory, not yet written: write it now
             self.stats.add("cache_hits")
             return self.cache.put(data, algorithm, digest)
@@ -225,6 +225,19 @@ class Fetcher:
         finally:
             with self._lock:
                 self._in_flight.pop(("small",) + key, None)
+
+    def _prefetched_small(self, algorithm, digest):
+        """The bytes of a small fetch already under way (a prefetch), once it
+        ends; None if there is none or it failed (the caller fetches again and
+        reports the error)."""
+        with self._lock:
+            future = self._in_flight.get(("small", algorithm, digest))
+        if future is None:
+            return None
+        try:
+            return future.result()
+        except Exception:
+            return None
 
     def _remembered(self, algorithm, digest):
         with self._lock:  # an LRU lookup reorders it

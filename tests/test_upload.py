@@ -287,3 +287,30 @@ def test_discarding_the_batch_stops_a_running_early_upload(tmp_path):
     assert future is None  # discard forgot it
     with pytest.raises(UploadCancelled):
         batch._early_progress(1)
+
+
+def test_snapshot_load_from_a_server_fetches_small_files_in_batches(servers, env, run_cli, tmp_path):
+    server = servers.kachery()
+    source = tmp_path / "src"
+    files = {}
+    for d in range(4):
+        for i in range(40):
+            path = source / f"d{d}" / f"f{i:02}.bin"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(files.setdefault(path, os.urandom(1000 + 97 * i)))
+    url = ok(run_cli("kachery-store", "--upload-only", source, env=env("A", server.url, server.write_token)))
+    b = env("B", server.url)
+    dest = tmp_path / "copy"
+    ok(run_cli("kachery-load", url, "--dest", dest, env=b))
+    for path, data in files.items():
+        assert (dest / path.relative_to(source)).read_bytes() == data
+    log = server.log()
+    object_gets = re.findall(r'"GET /sha1/', log)
+    assert len(re.findall(r'"POST /api/download', log)) >= 160 // 16 - 1
+    assert len(object_gets) < 40, "small files must come in batches, not one GET each"
+    # Everything fetched also went to the download cache (written in the background).
+    again = tmp_path / "again"
+    before = len(re.findall(r'"(GET|POST) ', server.log()))
+    ok(run_cli("kachery-load", url, "--dest", again, env=b))
+    assert len(re.findall(r'"(GET|POST) ', server.log())) == before
+    assert (again / "d3" / "f39.bin").read_bytes() == files[source / "d3" / "f39.bin"]
