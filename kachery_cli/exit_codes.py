@@ -94,6 +94,12 @@ def run_reporting_errors(body, *args, **kwargs):
     except (OSError, ValueError) as error:  # KacheryError subclasses both families
         sys.stderr.write(f"kachery: error: {message_for(error)}\n")
         sys.exit(status_for(error))
+    except RecursionError:
+        # Manifests nest two JSON objects per directory level, and Python's
+        # json recurses: about 450 levels of directories fit its limit.
+        sys.stderr.write("kachery: error: directory tree nested too deeply"
+                         " (kachery handles about 450 levels)\n")
+        sys.exit(ExitStatus.INVALID_INPUT)
     except Exception as error:  # noqa: BLE001 - last line of defence: still one line
         if _is_kachery(error):
             sys.stderr.write(f"kachery: error: {message_for(error)}\n")

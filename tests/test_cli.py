@@ -705,3 +705,26 @@ def test_entry_size_that_disagrees_with_the_object(run_cli, storage_dir, claimed
     manifest = json.dumps({"files": {"f": {"size": claimed, "sha1": digest}}, "dirs": {}})
     url = f"sha1dir://{put_object(storage_dir, manifest.encode())}/f"
     assert_clean_error(run_cli("kachery-cat", url), 3)
+
+
+def _nested(root, depth):
+    path = root
+    for _ in range(depth):
+        path = path / "d"
+    path.mkdir(parents=True)
+    (path / "leaf.txt").write_bytes(b"bottom\n")
+    return "/".join(["d"] * depth) + "/leaf.txt"
+
+
+def test_deep_tree_round_trips(run_cli, storage_dir, tmp_path):
+    relpath = _nested(tmp_path / "deep", 300)
+    url = run_cli("kachery-store", tmp_path / "deep", check=True).stdout.decode().strip()
+    assert run_cli("kachery-cat", f"{url}/{relpath}", check=True).stdout == b"bottom\n"
+    run_cli("kachery-load", url, "--dest", tmp_path / "copy", check=True)
+    assert (tmp_path / "copy" / relpath).read_bytes() == b"bottom\n"
+
+
+def test_too_deep_a_tree_is_one_clear_error(run_cli, storage_dir, tmp_path):
+    _nested(tmp_path / "deep", 700)
+    result = run_cli("kachery-store", tmp_path / "deep")
+    assert_clean_error(result, 2, "nested too deeply")
