@@ -226,12 +226,12 @@ async def _fill(request, upload):
         if buffered >= RECEIVE_BLOCK:
             if pending is not None:
                 await pending
-            pending = asyncio.ensure_future(asyncio.to_thread(upload.absorb, b"".join(blocks)))
+            pending = asyncio.ensure_future(asyncio.to_thread(upload.absorb, blocks))
             blocks, buffered = [], 0
     if pending is not None:
         await pending
     if blocks:
-        await asyncio.to_thread(upload.absorb, b"".join(blocks))
+        await asyncio.to_thread(upload.absorb, blocks)
 
 
 async def _drain(request):

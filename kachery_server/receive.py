@@ -32,16 +32,18 @@ class TempUpload:
         self._lock = threading.Lock()
         self._fd, self.path = store.create_temp()
 
-    def absorb(self, data):
-        """Hash and append ``data`` (bytes-like); a no-op after abort."""
+    def absorb(self, blocks):
+        """Hash and append ``blocks`` (a list of bytes-likes, written with one
+        writev rather than joined: a join is one more copy of every byte); a
+        no-op after abort."""
         with self._lock:
             if self._fd is None:
                 return
-            self._hasher.update(data)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
-            before, self.size = self.size, self.size + len(data)
+            for block in blocks:
+                self._hasher.update(block)
+            count = sum(map(len, blocks))
+            _write_all(self._fd, blocks)
+            before, self.size = self.size, self.size + count
             if before // WRITEBACK_STEP != self.size // WRITEBACK_STEP:
                 start_writeback(self._fd, 0, 0)
 
@@ -63,3 +65,18 @@ class TempUpload:
         except FileNotFoundError:
             pass
 
+
+
+def _write_all(fd, blocks):
+    """writev until every byte of ``blocks`` is written."""
+    views = [memoryview(block) for block in blocks if len(block)]
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        while written and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
+
+
+#: Buffers per writev(2) call (the kernel's UIO_MAXIOV).
+_IOV_MAX = 1024
