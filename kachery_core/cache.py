@@ -120,12 +120,7 @@ class CacheArea(LocalStore):
         size = os.path.getsize(temp_path)
         self.make_room(size)
         final = super().publish(temp_path, algorithm, digest)
-        with self._lock:
-            entries = self._index()
-            if (algorithm, digest) not in entries:
-                self._usage += size
-            entries[(algorithm, digest)] = size
-            entries.move_to_end((algorithm, digest))
+        self._record(algorithm, digest, size)
         os.utime(final)  # the LRU order survives a restart through mtimes
         return final
 
@@ -155,30 +150,36 @@ class CacheArea(LocalStore):
         """Count an object that is about to be written (evicting others to fit)."""
         with self._lock:
             self.make_room(size)
-            entries = self._index()
-            if (algorithm, digest) not in entries:
-                self._usage += size
-            entries[(algorithm, digest)] = size
+            self._record(algorithm, digest, size)
 
     def publish_reserved(self, temp_path, algorithm, digest):
         """Publish a verified temp file whose room ``reserve`` already counted."""
         size = os.path.getsize(temp_path)
         final = LocalStore.publish(self, temp_path, algorithm, digest)
-        with self._lock:
-            entries = self._index()
-            if (algorithm, digest) not in entries:  # evicted meanwhile: count it again
-                self._usage += size
-            entries[(algorithm, digest)] = size
-            entries.move_to_end((algorithm, digest))
+        self._record(algorithm, digest, size)  # (counted again if evicted meanwhile)
         return final
 
     def discard(self, algorithm, digest):
         """Remove one object from the cache (if there)."""
         with self._lock:
-            size = self._index().pop((algorithm, digest), None)
+            size = self._entries.pop((algorithm, digest), None) if self._entries is not None else None
             if size is not None:
                 self._usage -= size
         _unlink_quietly(self.object_path(algorithm, digest))
+
+    def _record(self, algorithm, digest, size):
+        """Count an object in the LRU index, as the youngest, if the index is
+        kept: always under a quota, else once something needed it (eviction,
+        ``usage``). Building it walks the whole cache, a directory open per
+        object, which a download without a quota must not pay."""
+        with self._lock:
+            if self._entries is None and self.max_bytes is None:
+                return
+            entries = self._index()
+            if (algorithm, digest) not in entries:
+                self._usage += size
+            entries[(algorithm, digest)] = size
+            entries.move_to_end((algorithm, digest))
 
     def make_room(self, incoming):
         """Evict until ``incoming`` more bytes fit under the quota."""

@@ -139,3 +139,25 @@ def test_cached_objects_from_before_a_reboot_are_rehashed(tmp_path):
     assert cache.find("sha1", good_digest) == cache.object_path("sha1", good_digest)
     assert cache.find("sha1", bad_digest) is None
     assert not os.path.exists(cache.object_path("sha1", bad_digest))
+
+
+def test_cache_without_quota_never_walks_itself_for_reads_and_writes(tmp_path, monkeypatch):
+    """Building the LRU index opens every directory of the cache: only a quota,
+    an eviction or a usage report may pay for that, not each command's first
+    download or cache hit."""
+    cache = CacheArea(tmp_path / "storage", max_bytes=None)
+    blobs = [os.urandom(1000 + n) for n in range(5)]
+    for blob in blobs[:3]:
+        cache.put(blob, "sha1", hashlib.sha1(blob).hexdigest())
+
+    fresh = CacheArea(tmp_path / "storage", max_bytes=None)  # another process, later
+    monkeypatch.setattr(CacheArea, "iter_objects", lambda self, algorithm: pytest.fail("walked the cache"))
+    for blob in blobs:
+        digest = hashlib.sha1(blob).hexdigest()
+        fresh.put(blob, "sha1", digest)
+        assert fresh.find("sha1", digest) is not None
+        fresh.touch("sha1", digest)
+    fresh.discard("sha1", hashlib.sha1(blobs[0]).hexdigest())
+    monkeypatch.undo()
+    assert fresh.usage() == (4, sum(map(len, blobs[1:])))  # the index, built now, is right
+    assert fresh.evict(0) == sum(map(len, blobs[1:]))
