@@ -218,8 +218,9 @@ def evicting_when_full(store, action):
     except OSError as error:
         if error.errno != errno.ENOSPC or not isinstance(store, CacheArea):
             raise
-    log.info("cache: disk full, evicting the download cache")
-    store.evict(0)
+        log.info("cache: disk full, evicting the download cache")
+        if not store.evict(0):
+            raise  # nothing to free: the object does not fit
     return action()
 
 

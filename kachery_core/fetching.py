@@ -114,7 +114,9 @@ class Fetcher:
             self.stats.add("cache_hits")
             self.cache.touch(algorithm, digest)
             return path
-        data = self._remembered(algorithm, digest) or self._prefetched_small(algorithm, digest)
+        data = self._remembered(algorithm, digest)
+        if data is None:
+            data = self._prefetched_small(algorithm, digest)
         if data is not None:  # fetched into memory, not yet written: write it now
             self.stats.add("cache_hits")
             return self.cache.put(data, algorithm, digest)
