@@ -23,7 +23,6 @@ high-entropy, so the digest cannot be brute-forced back to a token.
 """
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -199,14 +198,25 @@ def add_token(path, name, write=False):
     if any(token.name == name for token in load_settings(path).tokens):
         raise ConfigError(f"a token named {name!r} already exists in {path}")
     token = secrets.token_urlsafe(32)
-    # json.dumps yields a valid TOML basic string (same escapes, \uXXXX included)
-    entry = (f"\n[[tokens]]\nname = {json.dumps(name)}\nsha256 = \"{token_digest(token)}\"\n"
+    entry = (f"\n[[tokens]]\nname = {_toml_string(name)}\nsha256 = \"{token_digest(token)}\"\n"
              f"read = true\nwrite = {'true' if write else 'false'}\n")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as file:
         file.write(entry)
     return token
+
+
+def _toml_string(text):
+    """``text`` as a TOML basic string: quotes, backslashes and control
+    characters escaped, everything else as is (the file is UTF-8). (json.dumps
+    is not enough: it writes characters beyond U+FFFF as surrogate pairs, which
+    TOML refuses, and leaves DEL unescaped.)"""
+    escaped = "".join(
+        "\\" + char if char in '"\\' else
+        f"\\u{ord(char):04X}" if ord(char) < 0x20 or ord(char) == 0x7F else char
+        for char in text)
+    return f'"{escaped}"'
 
 
 def remove_token(path, name):

@@ -4,6 +4,8 @@ import os
 import stat
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kachery_core.errors import ConfigError
 from kachery_server.access import Access, add_token, load_settings, remove_token, token_digest
@@ -98,3 +100,26 @@ def test_access_follows_the_config_file(tmp_path, monkeypatch):
     assert access.check(f"Bearer {alice}", write=True) == (401, "bad token")
     config.write_text(config.read_text() + "\n[[tokens]]\nname = 3 = 4\n")  # broken: keep what we have
     assert access.check(f"Bearer {bob}", write=True) is None
+
+
+_NAMES = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\0"),
+                 min_size=1, max_size=12)
+
+
+@given(names=st.lists(_NAMES, min_size=1, max_size=6, unique=True), data=st.data())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_remove_token_removes_exactly_one_table(tmp_path, names, data):
+    config = tmp_path / f"server-{abs(hash(tuple(names)))}.toml"
+    config.write_text("# comment kept\nport = 8080\n")
+    for name in names:
+        add_token(str(config), name, write=data.draw(st.booleans()))
+        with open(config, "a", encoding="utf-8") as file:
+            file.write(f"# after {len(name)}\n")  # comments between tables
+    before = load_settings(str(config)).tokens
+    assert [token.name for token in before] == names  # any name survives the file
+    victim = data.draw(st.sampled_from(names))
+    remove_token(str(config), victim)
+    after = load_settings(str(config)).tokens
+    assert after == tuple(token for token in before if token.name != victim)
+    assert config.read_text(encoding="utf-8").startswith("# comment kept\nport = 8080\n")
+    config.unlink()
