@@ -7,10 +7,14 @@ import errno
 import hashlib
 import http.server
 import os
+import random
+import socket
 import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kachery_core import remote as remote_module
 from kachery_core import zerocopy
@@ -206,3 +210,36 @@ def test_receive_body_uses_the_pump_for_small_bodies(shared_server, tmp_path, sp
     store = LocalStore(tmp_path / "local")
     assert read(remote_set(shared_server.url).download("sha1", digest, store)) == data
     assert spliced == []
+
+
+# ------------------------------------------------------- the splicer alone
+
+@given(size=st.integers(0, 300_000), prefix=st.integers(0, 5000),
+       step=st.sampled_from([4096, 12_345, 65_536, 1 << 20]),
+       window=st.sampled_from([4096, 65_536, 200_000, 8 << 20]))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_splicer_lands_and_hashes_every_byte(tmp_path, monkeypatch, size, prefix, step, window):
+    """Any body size, offset, splice step and hash window: the file holds the
+    body after the prefix, and the hash covers exactly the body."""
+    monkeypatch.setattr(zerocopy, "STEP", step)
+    monkeypatch.setattr(zerocopy, "HASH_WINDOW", window)
+    body = random.Random(size).randbytes(size)
+    ours, theirs = socket.socketpair()
+    sender = threading.Thread(target=lambda: (theirs.sendall(body), theirs.shutdown(socket.SHUT_WR)))
+    path = tmp_path / f"landed-{size}-{prefix}-{step}-{window}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.pwrite(fd, b"p" * prefix, 0)
+        hasher = hashlib.sha1()
+        sender.start()
+        with zerocopy._Splicer(ours, fd, offset=prefix, count=size, hasher=hasher) as splicer:
+            splicer.run(None)
+        assert splicer.landed == prefix + size
+        assert hasher.hexdigest() == hashlib.sha1(body).hexdigest()
+        assert os.pread(fd, prefix + size + 1, 0) == b"p" * prefix + body
+    finally:
+        sender.join()
+        os.close(fd)
+        ours.close()
+        theirs.close()
+        path.unlink()
