@@ -122,7 +122,7 @@ def bench_startup(big, small, store, copy, env, repeat):
                     [tool("kachery-ls"), run_output([tool("kachery-store"), os.path.dirname(sample)], env)]):
         result = median_times({"cmd": lambda c=command: run_measured(c, env=env)}, repeat)
         seconds, rss = result["cmd"]
-        rows.append([f"start-up: {command[0]} (small input)", f"{seconds:.3f}", "", "",
+        rows.append([f"start-up: {os.path.basename(command[0])} (small input)", f"{seconds:.3f}", "", "",
                      "< 0.25 s", f"{rss:.0f}"])
     return rows
 
