@@ -67,8 +67,8 @@ def receive(raw, sock, fd, hasher, progress=None, writeback_every=None):
     the body ended early (the caller reports that). Network errors raise
     ConnectionError or TimeoutError; the connection is then unusable and is
     left marked unfinished, so urllib3 drops it instead of reusing it.
-    ``writeback_every`` bytes, disk writeback is started (durability.py),
-    for a file that will be flushed at the end anyway.
+    Every ``writeback_every`` bytes, disk writeback is started
+    (durability.py), for a file that will be flushed at the end anyway.
     """
     global _enabled
     body = raw._fp
@@ -84,7 +84,9 @@ def receive(raw, sock, fd, hasher, progress=None, writeback_every=None):
     except _Unsupported:
         _enabled = False  # nothing was taken from the socket: finish the usual way
         return _copy_rest(body, fd, len(head), hasher, progress)
-    body.length = 0  # every byte was consumed: the connection may be reused
+    # What http.client still expects: 0 after a whole body, so urllib3 may
+    # reuse the connection; more after a short one, so it drops it.
+    body.length -= splicer.landed - len(head)
     return splicer.landed
 
 
