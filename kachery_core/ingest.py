@@ -199,7 +199,12 @@ def hash_mapped(source, algorithm, path):
         for start in range(0, size, MAP_WINDOW):
             if os.fstat(fd).st_size < size:
                 raise OSError(f"{path} changed while it was being stored")
-            window = _MappedWindow(fd, start, min(MAP_WINDOW, size - start))
+            try:
+                window = _MappedWindow(fd, start, min(MAP_WINDOW, size - start))
+            except OSError:
+                if start:
+                    raise
+                return _copy_and_hash(source, None, algorithm)  # a file system that cannot map files
             in_flight.append((window, whole_worker.submit(whole.update, window.view),
                               chunk_worker.submit(window.chunks) if want_chunks else None))
             if len(in_flight) > 2:

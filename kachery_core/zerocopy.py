@@ -186,11 +186,21 @@ class _Splicer:
 
 
 def _hash_file_range(hasher, fd, start, end):
-    """Feed bytes [start, end) of a file to ``hasher`` through a mapping (no copy)."""
+    """Feed bytes [start, end) of a file to ``hasher`` through a mapping (no
+    copy), or by reading them on a file system that cannot map files."""
     base = start - start % mmap.ALLOCATIONGRANULARITY
-    with mmap.mmap(fd, end - base, offset=base, prot=mmap.PROT_READ) as mapping:
-        with memoryview(mapping) as view, view[start - base:] as part:
-            hasher.update(part)
+    try:
+        mapping = mmap.mmap(fd, end - base, offset=base, prot=mmap.PROT_READ)
+    except OSError:
+        while start < end:
+            block = os.pread(fd, min(STEP, end - start), start)
+            if not block:
+                raise OSError(f"the download's temp file ended at byte {start}") from None
+            hasher.update(block)
+            start += len(block)
+        return
+    with mapping, memoryview(mapping) as view, view[start - base:] as part:
+        hasher.update(part)
 
 
 def _drain_pipe(pipe_out, fd, count, offset):

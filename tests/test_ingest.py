@@ -1,5 +1,6 @@
 """Storing files and snapshots: single pass over the data, chunking, snapshots."""
 
+import errno
 import hashlib
 import io
 import logging
@@ -312,3 +313,17 @@ def test_hash_mapped_stops_when_the_file_shrinks(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest.os, "fstat", shrinking_fstat)
     with open(path, "rb", buffering=0) as source, pytest.raises(OSError, match="changed while"):
         ingest.hash_mapped(source, "sha1", str(path))
+
+
+def test_hash_mapped_reads_a_file_that_cannot_be_mapped(tmp_path, monkeypatch):
+    path = tmp_path / "big.bin"
+    data = os.urandom(2 * ingest.CHUNK_SIZE + 5)
+    path.write_bytes(data)
+
+    def no_mapping(*args, **kwargs):
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(ingest.mmap, "mmap", no_mapping)
+    with open(path, "rb", buffering=0) as source:
+        size, digest, chunks = ingest.hash_mapped(source, "sha1", str(path))
+    assert (size, digest, len(chunks)) == (len(data), hashlib.sha1(data).hexdigest(), 3)

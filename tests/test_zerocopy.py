@@ -243,3 +243,17 @@ def test_splicer_lands_and_hashes_every_byte(tmp_path, monkeypatch, size, prefix
         ours.close()
         theirs.close()
         path.unlink()
+
+
+def test_download_onto_a_file_system_that_cannot_map_files(shared_server, tmp_path, small_steps,
+                                                           spliced, monkeypatch):
+    data = os.urandom(2 * MIB + 11)
+    digest = put_local(shared_server.storage, data)
+
+    def no_mapping(*args, **kwargs):
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(zerocopy.mmap, "mmap", no_mapping)
+    store = LocalStore(tmp_path / "local")
+    assert read(remote_set(shared_server.url).download("sha1", digest, store)) == data
+    assert len(spliced) == 1
