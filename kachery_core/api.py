@@ -17,7 +17,6 @@ import functools
 import io
 import json
 import os
-import shutil
 
 from .client import DirTarget, Kachery
 from .config import load_config
@@ -108,11 +107,11 @@ def load_file(url, dest=None, **options):
     """
     kachery = client(options.get("storage_dir"), options.get("remotes"))
     target = kachery.resolve_file(url)
-    path = kachery.file_path(target)
     if dest is None:
-        return path
-    shutil.copyfile(path, dest)
-    return os.fspath(dest)
+        return kachery.file_path(target)
+    from .export import export_file  # (fetching's imports: only when copying)
+
+    return export_file(kachery, target, dest)
 
 
 @none_if_missing

@@ -1,5 +1,6 @@
 """Copying snapshot content out of the store into ordinary files."""
 
+import errno
 import os
 import shutil
 
@@ -19,10 +20,10 @@ def export_file(kachery, target, dest):
     source = kachery.file_path(target)
     partial = _partial_name(dest)
     try:
-        # Create the temp name ourselves (O_EXCL): copyfile would write through a
-        # symbolic link planted under that name in a shared directory.
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        shutil.copyfile(source, partial)
+        # Create the temp name ourselves (O_EXCL): opening it plainly would
+        # write through a symbolic link planted under that name in a shared
+        # directory.
+        _copy_to_new_file(source, partial)
         os.replace(partial, dest)
     except BaseException:
         _remove_tree_quietly(partial)
@@ -75,7 +76,7 @@ def _write_tree(kachery, entry, path, progress):
         ahead.reached(index)
         data = ahead.fetched_bytes(target)
         if data is None:
-            shutil.copyfile(kachery.file_path(target), dest)
+            _copy_to_new_file(kachery.file_path(target), dest)
         else:
             with open(dest, "xb") as file:
                 file.write(data)
@@ -141,6 +142,43 @@ class _FetchAhead:
     def _remote_small(self, target):
         return (not target.manifest and target.size <= SMALL_MAX
                 and self.kachery.find_local(target.algorithm, target.digest) is None)
+
+
+def _copy_to_new_file(source_path, dest):
+    """Copy a file to ``dest``, which must not exist yet.
+
+    copy_file_range(2) shares the blocks where the file system can (XFS,
+    btrfs: a 1 GiB object is "copied" at once, and later writes to either copy
+    do not touch the other) and copies inside the kernel elsewhere; a kernel
+    or file system that refuses it gets a plain copy.
+    """
+    with open(source_path, "rb") as source, open(dest, "xb") as target:
+        if not _copied_in_kernel(source, target):
+            shutil.copyfileobj(source, target, 1024 * 1024)
+
+
+def _copied_in_kernel(source, target):
+    """Copy ``source`` into the empty ``target`` with copy_file_range(2);
+    False when it is refused before anything was copied."""
+    if not hasattr(os, "copy_file_range"):
+        return False
+    size = os.fstat(source.fileno()).st_size
+    copied = 0
+    try:
+        while copied < size:
+            got = os.copy_file_range(source.fileno(), target.fileno(), size - copied)
+            if not got:
+                raise OSError(f"{source.name} ended after {copied} of {size} bytes")
+            copied += got
+    except OSError as error:
+        if copied or error.errno not in _NO_COPY_FILE_RANGE:
+            raise
+        return False
+    return True
+
+
+#: errno values with which copy_file_range says "not here" (before copying anything).
+_NO_COPY_FILE_RANGE = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM)
 
 
 def _partial_name(dest):

@@ -728,3 +728,27 @@ def test_too_deep_a_tree_is_one_clear_error(run_cli, storage_dir, tmp_path):
     _nested(tmp_path / "deep", 700)
     result = run_cli("kachery-store", tmp_path / "deep")
     assert_clean_error(result, 2, "nested too deeply")
+
+
+def test_load_dest_copies_without_copy_file_range(run_cli, stored_sample, tmp_path, monkeypatch):
+    """A kernel or file system that refuses copy_file_range(2) gets a plain copy."""
+    import errno as errno_module
+
+    import kachery_core as ka
+    from kachery_core import api, export
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno_module.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(export.os, "copy_file_range", refuse, raising=False)
+    url = f"{stored_sample}/nested/deeper/deepest/leaf.bin"
+    dest = tmp_path / "leaf.bin"
+    assert ka.load_file(url, dest=str(dest)) == str(dest)
+    assert dest.read_bytes() == SAMPLE["nested"]["deeper"]["deepest"]["leaf.bin"]
+    ka.load_file(url, dest=str(dest))  # over an existing file, as kachery 0.6.x did
+    assert dest.read_bytes() == SAMPLE["nested"]["deeper"]["deepest"]["leaf.bin"]
+    copy = tmp_path / "tree"
+    kachery = api.client()
+    export.export_dir(kachery, kachery.resolve_dir(stored_sample).entry, copy)
+    assert (copy / "nested" / "deeper" / "deepest" / "leaf.bin").read_bytes() == \
+        SAMPLE["nested"]["deeper"]["deepest"]["leaf.bin"]
