@@ -57,6 +57,9 @@ SEND_BLOCK = 1024 * 1024
 SENDFILE_MIN = 8 * 1024 * 1024
 #: ... in steps of this many bytes (progress is reported per step).
 SEND_STEP = 64 * 1024 * 1024
+#: Times a download cut in the middle resumes where it stopped (a Range
+#: request for the rest) before the next remote is tried.
+RESUMES = 3
 #: Bodies at least this large are read with http.client's readinto (see _body_reader).
 FAST_READ_MIN = 1024 * 1024
 #: Start disk writeback every this many downloaded bytes, so the final fsync is short.
@@ -246,26 +249,11 @@ class RemoteSet:
         raise outcome.failure(self.remotes)
 
     def _download_from(self, remote, algorithm, digest, store, progress):
-        path = object_path(algorithm, digest)
-        response = self._send(remote, "GET", path, stream=True)
-        with response:
-            if response.status_code != 200:
-                raise _status_error(remote, response, f"{algorithm}://{digest}")
-            try:
-                return self._receive(response, algorithm, digest, store, progress)
-            except _TransferFailed as error:
-                raise RemoteUnavailable(remote.url, f"transfer of {path} broke: {error}") from None
-
-    def _receive(self, response, algorithm, digest, store, progress):
         fd, temp_path = store.create_temp()
         try:
-            expected = response.headers.get("Content-Length", "")
-            got, size = _receive_body(response, fd, new_hasher(algorithm), progress,
-                                      early_writeback=store.durable_writes)
-            if expected.isdigit() and size != int(expected):  # http.client does not raise on this
-                raise _TransferFailed(f"body ended after {size} of {expected} bytes")
+            got = self._receive_resuming(remote, algorithm, digest, fd, progress, store.durable_writes)
             if got != digest:
-                raise HashMismatch(digest, got, f"download from {response.url}")
+                raise HashMismatch(digest, got, f"download from {remote.url}")
             if store.durable_writes:
                 os.fsync(fd)  # data durable before the name exists (SPEC §2)
         except BaseException:
@@ -277,6 +265,41 @@ class RemoteSet:
         if store.durable_writes:
             _fsync_parents(final, store.root)
         return final
+
+    def _receive_resuming(self, remote, algorithm, digest, fd, progress, early_writeback):
+        """Receive an object's body into the empty file ``fd``; return its digest.
+
+        A transfer cut in the middle resumes where it stopped, with a Range
+        request for the rest, up to RESUMES times while it makes progress
+        (the file is then hashed whole at the end); a server that ignores
+        Range sends the whole body again.
+        """
+        path = object_path(algorithm, digest)
+        landed, resumed = 0, 0
+        while True:
+            response = self._send(remote, "GET", path, stream=True,
+                                  headers={"Range": f"bytes={landed}-"} if landed else None)
+            with response:
+                landed = _start_of_body(remote, response, landed, f"{algorithm}://{digest}")
+                os.ftruncate(fd, landed)  # (to 0 when the whole body comes again)
+                hasher = new_hasher(algorithm)
+                try:
+                    size = _receive_body(response, fd, landed, hasher, progress, early_writeback)
+                    expected = response.headers.get("Content-Length", "")
+                    if expected.isdigit() and size != int(expected):  # http.client does not raise
+                        raise _TransferFailed(f"body ended after {size} of {expected} bytes")
+                except _TransferFailed as error:
+                    now = os.fstat(fd).st_size
+                    if resumed < RESUMES and now > landed:
+                        log.info("transfer of %s broke at byte %d (%s): resuming", path, now, error)
+                        landed, resumed = now, resumed + 1
+                        continue
+                    raise RemoteUnavailable(remote.url, f"transfer of {path} broke: {error}") from None
+            if not landed:
+                return hasher.hexdigest()
+            whole = new_hasher(algorithm)  # resumed: the hasher saw only the last part
+            zerocopy.hash_file_range(whole, fd, 0, landed + size)
+            return whole.hexdigest()
 
     def fetch_chunk(self, target, chunk):
         """Bytes of one chunk (manifest.Chunk) of a remote FileTarget, verified.
@@ -750,8 +773,8 @@ def _body_reader(response):
     return raw.readinto
 
 
-def _receive_body(response, fd, hasher, progress, early_writeback):
-    """Write a response body to ``fd`` while hashing it; return (hex digest, size).
+def _receive_body(response, fd, offset, hasher, progress, early_writeback):
+    """Write a response body to ``fd`` from ``offset`` on, hashing it; return its size.
 
     A large plain-HTTP body is spliced in the kernel (zerocopy.py), anything
     else goes through _pump.
@@ -761,13 +784,28 @@ def _receive_body(response, fd, hasher, progress, early_writeback):
             if expected.isdigit() and int(expected) >= FAST_READ_MIN else None)
     if sock is None:
         block = min(RECEIVE_BLOCK, int(expected) + 1) if expected.isdigit() else RECEIVE_BLOCK
-        return _pump(_body_reader(response), fd, hasher, progress, block, early_writeback)
+        os.lseek(fd, offset, os.SEEK_SET)
+        return _pump(_body_reader(response), fd, hasher, progress, block, early_writeback)[1]
     try:
-        size = zerocopy.receive(response.raw, sock, fd, hasher, progress,
-                                WRITEBACK_STEP if early_writeback else None)
+        return zerocopy.receive(response.raw, sock, fd, hasher, progress,
+                                WRITEBACK_STEP if early_writeback else None, offset)
     except _NETWORK_ERRORS as error:
         raise _TransferFailed(_describe(error)) from None
-    return hasher.hexdigest(), size
+
+
+def _start_of_body(remote, response, asked, what):
+    """Where the body of an answer to ``GET`` (from byte ``asked``) starts:
+    ``asked`` for a 206 from there, 0 for a 200 (the whole object again).
+    Raises the status's error for any other answer."""
+    if response.status_code == 200:
+        return 0
+    if asked and response.status_code == 206:
+        first = response.headers.get("Content-Range", "").removeprefix("bytes ").partition("-")[0]
+        if first.isdigit() and int(first) == asked:
+            return asked
+        raise RemoteUnavailable(remote.url, f"resumed {what} from byte {asked}, got "
+                                f"{response.headers.get('Content-Range')!r}")
+    raise _status_error(remote, response, what)
 
 
 def _pump(readinto, fd, hasher, progress, block_size=RECEIVE_BLOCK, early_writeback=True):

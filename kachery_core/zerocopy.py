@@ -60,8 +60,8 @@ def body_socket(raw):
     return sock
 
 
-def receive(raw, sock, fd, hasher, progress=None, writeback_every=None):
-    """Write the rest of ``raw``'s body to ``fd`` from offset 0, hashing it.
+def receive(raw, sock, fd, hasher, progress=None, writeback_every=None, offset=0):
+    """Write the rest of ``raw``'s body to ``fd`` from ``offset`` on, hashing it.
 
     Returns the number of bytes received: less than the Content-Length when
     the body ended early (the caller reports that). Network errors raise
@@ -75,19 +75,20 @@ def receive(raw, sock, fd, hasher, progress=None, writeback_every=None):
     # http.client may hold the first bytes of the body in its buffer already.
     head = body.read(min(body.length, len(body.fp.peek(1)))) if body.length else b""
     hasher.update(head)
-    _write_at(fd, head, 0)
+    _write_at(fd, head, offset)
     if progress and head:
         progress(len(head))
+    start = offset + len(head)
     try:
-        with _Splicer(sock, fd, offset=len(head), count=body.length, hasher=hasher) as splicer:
+        with _Splicer(sock, fd, offset=start, count=body.length, hasher=hasher) as splicer:
             splicer.run(progress, writeback_every)
     except _Unsupported:
         _enabled = False  # nothing was taken from the socket: finish the usual way
-        return _copy_rest(body, fd, len(head), hasher, progress)
+        return _copy_rest(body, fd, start, hasher, progress) - offset
     # What http.client still expects: 0 after a whole body, so urllib3 may
     # reuse the connection; more after a short one, so it drops it.
-    body.length -= splicer.landed - len(head)
-    return splicer.landed
+    body.length -= splicer.landed - start
+    return splicer.landed - offset
 
 
 class _Unsupported(Exception):
@@ -179,13 +180,13 @@ class _Splicer:
                     upto = min(window_end, self.landed)
                     if self.stopped or upto <= position:
                         return
-                _hash_file_range(self.hasher, self.fd, position, upto)
+                hash_file_range(self.hasher, self.fd, position, upto)
                 position = upto
         except BaseException as error:  # re-raised by run(): this thread must not fail silently
             self.hash_error = error
 
 
-def _hash_file_range(hasher, fd, start, end):
+def hash_file_range(hasher, fd, start, end):
     """Feed bytes [start, end) of a file to ``hasher`` through a mapping (no
     copy), or by reading them on a file system that cannot map files."""
     base = start - start % mmap.ALLOCATIONGRANULARITY

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from kachery_core import remote as remote_module
 from kachery_core import zerocopy
 from kachery_core.config import Remote
-from kachery_core.errors import RemoteUnavailable
+from kachery_core.errors import HashMismatch, RemoteUnavailable
 from kachery_core.remote import RemoteSet
 from kachery_core.store import LocalStore
 from server_helpers import put_local, servers, sha1, shared_server, stored_objects  # noqa: F401
@@ -130,24 +130,45 @@ def test_file_system_without_splice_gets_plain_writes(shared_server, tmp_path, s
 # ------------------------------------------------- misbehaving servers
 
 class _Body(http.server.BaseHTTPRequestHandler):
-    """Announces ``len(body)`` bytes, sends ``sent`` of them, then closes
-    (``stall`` False) or goes quiet until released."""
+    """Serves ``body``. The first ``cuts`` answers announce it all but send
+    only ``sent`` bytes, then close (``stall`` False) or go quiet until
+    released. Later answers honour ``Range`` (206) when ``ranges`` is set,
+    with ``tamper`` applied to the bytes sent; ``start_shift`` makes them
+    start elsewhere than asked. ``asked`` records each request's Range."""
 
     protocol_version = "HTTP/1.1"
     body = b""
     sent = 0
+    cuts = 1_000_000
     stall = False
+    ranges = False
+    start_shift = 0
+    tamper = staticmethod(lambda data: data)
 
     def do_GET(self):  # noqa: N802 (http.server naming)
         cls = type(self)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(cls.body)))
+        cls.asked = getattr(cls, "asked", []) + [self.headers.get("Range")]
+        if len(cls.asked) <= cls.cuts:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(cls.body)))
+            self.end_headers()
+            self.wfile.write(cls.body[:cls.sent])
+            self.wfile.flush()
+            if cls.stall:
+                cls.release.wait(20)
+            self.close_connection = True
+            return
+        start = 0
+        if cls.ranges and self.headers.get("Range"):
+            start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) + cls.start_shift
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(cls.body) - 1}/{len(cls.body)}")
+        else:
+            self.send_response(200)
+        part = cls.tamper(cls.body[start:])
+        self.send_header("Content-Length", str(len(part)))
         self.end_headers()
-        self.wfile.write(cls.body[:cls.sent])
-        self.wfile.flush()
-        if cls.stall:
-            cls.release.wait(20)
-        self.close_connection = True
+        self.wfile.write(part)
 
     def log_message(self, *args):
         pass
@@ -186,14 +207,65 @@ def test_stalled_body_times_out_and_leaves_nothing(body_server, tmp_path, splice
     started = time.monotonic()
     with pytest.raises(RemoteUnavailable, match="timed out"):
         remote_set(body_server.url, retries=1, timeout=1).download("sha1", digest, store)
-    assert time.monotonic() - started < 5
+    attempts = remote_module.RESUMES + 1  # each made progress, so each was resumed
+    assert len(body_server.asked) == attempts
+    assert time.monotonic() - started < attempts * 1 + 3
     assert spliced
     assert_clean(store, digest)
 
 
-def test_corrupt_spliced_body_is_a_hash_mismatch(body_server, tmp_path, spliced):
-    from kachery_core.errors import HashMismatch
+# ------------------------------------------------------------ resuming
 
+@pytest.mark.parametrize("size", [4 * MIB + 3, 300_000])  # spliced, and through the pump
+def test_a_cut_transfer_resumes_where_it_stopped(body_server, tmp_path, size):
+    body_server.body = os.urandom(size)
+    body_server.sent = size // 3
+    body_server.cuts, body_server.ranges = 1, True
+    store = LocalStore(tmp_path / "local")
+    digest = hashlib.sha1(body_server.body).hexdigest()
+    path = remote_set(body_server.url, retries=1).download("sha1", digest, store)
+    assert read(path) == body_server.body
+    first, resumed = body_server.asked
+    start = int(resumed.removeprefix("bytes=").rstrip("-"))
+    assert first is None and 0 < start <= size // 3  # the pump keeps whole 64 KiB steps only
+    if size >= remote_module.FAST_READ_MIN:
+        assert start == size // 3  # spliced: every byte that arrived was kept
+
+
+def test_a_server_without_ranges_sends_it_all_again(body_server, tmp_path):
+    body_server.body = os.urandom(3 * MIB)
+    body_server.sent = MIB
+    body_server.cuts = 2  # cut twice, then whole
+    store = LocalStore(tmp_path / "local")
+    digest = hashlib.sha1(body_server.body).hexdigest()
+    assert read(remote_set(body_server.url, retries=1).download("sha1", digest, store)) == body_server.body
+    assert body_server.asked == [None, f"bytes={MIB}-", f"bytes={MIB}-"]
+
+
+def test_a_corrupt_resumed_part_is_a_hash_mismatch(body_server, tmp_path):
+    body_server.body = os.urandom(3 * MIB)
+    body_server.sent = MIB
+    body_server.cuts, body_server.ranges = 1, True
+    body_server.tamper = staticmethod(lambda data: data[:-1] + bytes([data[-1] ^ 1]))
+    store = LocalStore(tmp_path / "local")
+    digest = hashlib.sha1(body_server.body).hexdigest()
+    with pytest.raises(HashMismatch):
+        remote_set(body_server.url, retries=1).download("sha1", digest, store)
+    assert_clean(store, digest)
+
+
+def test_a_resumed_answer_from_the_wrong_byte_is_refused(body_server, tmp_path):
+    body_server.body = os.urandom(3 * MIB)
+    body_server.sent = MIB
+    body_server.cuts, body_server.ranges, body_server.start_shift = 1, True, 5
+    store = LocalStore(tmp_path / "local")
+    digest = hashlib.sha1(body_server.body).hexdigest()
+    with pytest.raises(RemoteUnavailable, match="from byte"):
+        remote_set(body_server.url, retries=1).download("sha1", digest, store)
+    assert_clean(store, digest)
+
+
+def test_corrupt_spliced_body_is_a_hash_mismatch(body_server, tmp_path, spliced):
     body_server.body = os.urandom(2 * MIB)
     body_server.sent = len(body_server.body)
     store = LocalStore(tmp_path / "local")
