@@ -281,7 +281,9 @@ class RemoteSet:
                                   headers={"Range": f"bytes={landed}-"} if landed else None)
             with response:
                 landed = _start_of_body(remote, response, landed, f"{algorithm}://{digest}")
-                os.ftruncate(fd, landed)  # (to 0 when the whole body comes again)
+                if os.fstat(fd).st_size != landed:  # the whole body comes again
+                    # (Only then: ext4 flushes a file truncated to 0 when it is closed.)
+                    os.ftruncate(fd, landed)
                 hasher = new_hasher(algorithm)
                 try:
                     size = _receive_body(response, fd, landed, hasher, progress, early_writeback)
