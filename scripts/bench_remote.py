@@ -213,7 +213,7 @@ def bench_download(scratch, big, digest, server, repeat):
     return [(f"{label}: kachery-load vs max(curl -o, openssl sha1)",
              f"{ours:.2f} s", f"{baseline:.2f} s ({slower}; {detail})",
              f"{ours / baseline:.2f}x", "<= 1.25x", ours / baseline <= 1.25),
-            (f"{label}: kachery-load vs curl -o + sync (reference, durable like kachery)",
+            (f"{label}: kachery-load vs curl -o + sync (reference: a durable download)",
              f"{ours:.2f} s", f"{durable:.2f} s", f"{ours / durable:.2f}x", "(none)", True)]
 
 
