@@ -202,19 +202,20 @@ class Kachery:
         raise ObjectNotFound(f"{algorithm}://{digest}", self._where())
 
     def file_path(self, target):
-        """Local path of a FileTarget's object, checked to have the target's size.
-
-        The object's bytes match its hash, but a snapshot entry could still
-        claim another size; serving it would silently truncate or overrun, so
-        such an entry is an invalid manifest (exit 3, EIO), never wrong bytes.
-        """
+        """Local path of a FileTarget's object, checked to have the target's
+        size (see _check_size)."""
         path = self.local_path(target.algorithm, target.digest)
-        actual = os.path.getsize(path)
-        if actual != target.size:
-            raise InvalidManifest(
-                f"{target.algorithm}://{target.digest}",
-                f"the snapshot says {target.size} bytes but the object has {actual}")
+        _check_size(target, os.path.getsize(path))
         return path
+
+    def small_file_bytes(self, target):
+        """The verified bytes of a small remote file (at most fetching.SMALL_MAX,
+        no file manifest, not on this machine), from the fetcher's memory tier:
+        fetched once however many ask, written to the cache in the background.
+        Size-checked like file_path. Needs remotes."""
+        data = self.fetcher.small_object(target.algorithm, target.digest)
+        _check_size(target, len(data))
+        return data
 
     @property
     def fetcher(self):
@@ -302,3 +303,13 @@ class _batch_or:
         if self.own:
             return self.batch.__exit__(exc_type, exc, tb)
         return False
+
+
+def _check_size(target, actual):
+    """The object's bytes match its hash, but a snapshot entry could still
+    claim another size; serving it would silently truncate or overrun, so
+    such an entry is an invalid manifest (exit 3, EIO), never wrong bytes."""
+    if actual != target.size:
+        raise InvalidManifest(
+            f"{target.algorithm}://{target.digest}",
+            f"the snapshot says {target.size} bytes but the object has {actual}")

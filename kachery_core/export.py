@@ -5,7 +5,6 @@ import os
 import shutil
 
 from .client import FileTarget
-from .errors import InvalidManifest
 from .fetching import SMALL_MAX
 from .manifest import DirEntry
 
@@ -74,7 +73,7 @@ def _write_tree(kachery, entry, path, progress):
     ahead = _FetchAhead(kachery, [target for _, target in files])
     for index, (dest, target) in enumerate(files):
         ahead.reached(index)
-        data = ahead.fetched_bytes(target)
+        data = ahead.fetched_bytes(index)
         if data is None:
             _copy_to_new_file(kachery.file_path(target), dest)
         else:
@@ -111,37 +110,38 @@ class _FetchAhead:
     def __init__(self, kachery, targets):
         self.kachery = kachery
         self.targets = targets
-        self.next_look = 0
+        self.looked = 0  # targets before this index were sorted into remote or not
+        self.remote = set()  # indexes of the small remote files among them
 
     def reached(self, index):
         """File ``index`` is about to be written."""
-        if index < self.next_look:
+        if index < self.looked - AHEAD_FILES // 2:
             return
-        window, total = [], 0
-        for target in self.targets[index:index + AHEAD_FILES]:
-            total += target.size
-            if window and total > AHEAD_BYTES:
+        end, total = index, 0
+        while end < min(index + AHEAD_FILES, len(self.targets)):
+            total += self.targets[end].size
+            if end > index and total > AHEAD_BYTES:
                 break
-            window.append(target)
-        self.next_look = index + max(len(window) // 2, 1)
-        remote = [target for target in window if self._remote_small(target)]
-        if remote and self.kachery.fetcher is not None:
-            self.kachery.fetcher.prefetch_small([(t.algorithm, t.digest) for t in remote])
+            end += 1
+        new = [i for i in range(max(index, self.looked), end) if self._remote_small(self.targets[i])]
+        self.looked = max(self.looked, end)
+        self.remote.update(new)
+        if new:
+            self.kachery.fetcher.prefetch_small(
+                [(self.targets[i].algorithm, self.targets[i].digest) for i in new])
 
-    def fetched_bytes(self, target):
-        """A small remote file's verified bytes, from the fetcher's memory;
-        None for a file to copy from this machine's store or cache."""
-        if not self._remote_small(target) or self.kachery.fetcher is None:
+    def fetched_bytes(self, index):
+        """File ``index``'s bytes if it is a small remote file (from the
+        fetcher's memory); None for a file to copy from this machine."""
+        if index not in self.remote:
             return None
-        data = self.kachery.fetcher.small_object(target.algorithm, target.digest)
-        if len(data) != target.size:
-            raise InvalidManifest(f"{target.algorithm}://{target.digest}",
-                                  f"the snapshot says {target.size} bytes but the object has {len(data)}")
-        return data
+        self.remote.discard(index)
+        return self.kachery.small_file_bytes(self.targets[index])
 
     def _remote_small(self, target):
         return (not target.manifest and target.size <= SMALL_MAX
-                and self.kachery.find_local(target.algorithm, target.digest) is None)
+                and self.kachery.find_local(target.algorithm, target.digest) is None
+                and self.kachery.fetcher is not None)  # (only now: it imports the HTTP client)
 
 
 def _copy_to_new_file(source_path, dest):

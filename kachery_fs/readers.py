@@ -109,9 +109,7 @@ def open_reader(kachery, target):
         if target.manifest:
             return ChunkedReader(kachery.fetcher, target, kachery.trusted_manifest(target))
         if target.size <= SMALL_MAX:
-            data = kachery.fetcher.small_object(target.algorithm, target.digest)
-            _check_size(len(data), target)
-            return MemoryReader(data)
+            return MemoryReader(kachery.small_file_bytes(target))
     path = local or kachery.local_path(target.algorithm, target.digest)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
