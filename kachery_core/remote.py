@@ -784,15 +784,18 @@ def _receive_body(response, fd, offset, hasher, progress, early_writeback):
     expected = response.headers.get("Content-Length", "")
     sock = (zerocopy.body_socket(response.raw)
             if expected.isdigit() and int(expected) >= FAST_READ_MIN else None)
-    if sock is None:
-        block = min(RECEIVE_BLOCK, int(expected) + 1) if expected.isdigit() else RECEIVE_BLOCK
-        os.lseek(fd, offset, os.SEEK_SET)
-        return _pump(_body_reader(response), fd, hasher, progress, block, early_writeback)[1]
-    try:
-        return zerocopy.receive(response.raw, sock, fd, hasher, progress,
-                                WRITEBACK_STEP if early_writeback else None, offset)
-    except _NETWORK_ERRORS as error:
-        raise _TransferFailed(_describe(error)) from None
+    received = 0
+    if sock is not None:
+        try:
+            return zerocopy.receive(response.raw, sock, fd, hasher, progress,
+                                    WRITEBACK_STEP if early_writeback else None, offset)
+        except zerocopy.SpliceRefused as refused:
+            received = refused.received
+        except _NETWORK_ERRORS as error:
+            raise _TransferFailed(_describe(error)) from None
+    block = min(RECEIVE_BLOCK, int(expected) + 1) if expected.isdigit() else RECEIVE_BLOCK
+    os.lseek(fd, offset + received, os.SEEK_SET)
+    return received + _pump(_body_reader(response), fd, hasher, progress, block, early_writeback)[1]
 
 
 def _start_of_body(remote, response, asked, what):

@@ -11,8 +11,8 @@ alternated: median 1.3 s this way, 1.4 s for ``curl -o``, and 1.8 s for
 receive, hash and write in 64 KiB steps on one thread (remote._pump).
 
 Only plain-HTTP bodies with a Content-Length qualify: TLS bytes must be
-decrypted in user space. Anything else, or a kernel that refuses the splice,
-falls back to remote._pump.
+decrypted in user space. Anything else, or a kernel that refuses the splice
+(SpliceRefused), goes through remote._pump.
 """
 
 import errno
@@ -83,12 +83,22 @@ def receive(raw, sock, fd, hasher, progress=None, writeback_every=None, offset=0
         with _Splicer(sock, fd, offset=start, count=body.length, hasher=hasher) as splicer:
             splicer.run(progress, writeback_every)
     except _Unsupported:
-        _enabled = False  # nothing was taken from the socket: finish the usual way
-        return _copy_rest(body, fd, start, hasher, progress) - offset
+        _enabled = False
+        raise SpliceRefused(len(head)) from None
     # What http.client still expects: 0 after a whole body, so urllib3 may
     # reuse the connection; more after a short one, so it drops it.
     body.length -= splicer.landed - start
     return splicer.landed - offset
+
+
+class SpliceRefused(Exception):
+    """The kernel refused to splice from the socket: the caller receives the
+    rest of the body the usual way. ``received`` bytes (those http.client had
+    buffered) were already written, from the offset given, and hashed."""
+
+    def __init__(self, received):
+        super().__init__(received)
+        self.received = received
 
 
 class _Unsupported(Exception):
@@ -215,21 +225,6 @@ def _drain_pipe(pipe_out, fd, count, offset):
             moved = _write_at(fd, os.read(pipe_out, count), offset)  # no splice into this file system
         count -= moved
         offset += moved
-
-
-def _copy_rest(body, fd, offset, hasher, progress):
-    """The rest of the body through Python, for when splice is refused."""
-    buffer = bytearray(64 * 1024)
-    while True:
-        got = body.readinto(buffer)
-        if not got:
-            return offset
-        with memoryview(buffer)[:got] as block:
-            hasher.update(block)
-            _write_at(fd, block, offset)
-        offset += got
-        if progress:
-            progress(got)
 
 
 def _write_at(fd, data, offset):
