@@ -211,11 +211,8 @@ def hash_mapped(source, algorithm, path):
                 chunks += _retire_window(in_flight)
         while in_flight:
             chunks += _retire_window(in_flight)
-    except BaseException:
-        futures = [future for _, *pair in in_flight for future in pair if future]
-        for future in futures:
-            future.cancel()
-        wait(futures)
+    except BaseException as error:
+        _abandon(in_flight, interrupted=not isinstance(error, Exception))
         for window, *_ in in_flight:
             window.close()
         raise
@@ -262,7 +259,7 @@ def _abandon(in_flight, interrupted):
     it the interpreter hangs at exit waiting for that thread.
     """
     global _workers
-    futures = [future for _, *pair in in_flight for future in pair]
+    futures = [future for _, *pair in in_flight for future in pair if future is not None]
     for future in futures:
         future.cancel()
     wait(futures)
