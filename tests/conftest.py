@@ -46,3 +46,23 @@ def run_cli():
         return result
 
     return run
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """A real S3 store (SeaweedFS) shared by the session's tests; see s3_helpers."""
+    if os.environ.get("KACHERY_SKIP_S3") == "1":
+        pytest.skip("KACHERY_SKIP_S3=1")
+    from s3_helpers import SeaweedS3
+
+    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as store:
+        yield store
+
+
+@pytest.fixture
+def s3_bucket(seaweed, monkeypatch):
+    """A fresh bucket on the session's S3 store; the AWS_* environment points at it."""
+    for name, value in seaweed.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return seaweed.new_bucket()
