@@ -306,20 +306,24 @@ def _copy_range(file, offset, end, out_fd):
 @click.option("--clean-temp", is_flag=True, help="Also delete temp files of killed processes.")
 @common_options
 def verify_command(quarantine, clean_temp, storage_dir, remotes):
-    """Re-hash every stored object; report corrupt ones (exit 3 if any)."""
+    """Re-hash every stored object and cached download; report corrupt ones (exit 3 if any)."""
     from kachery_core.verify import verify_store
 
     kachery = make_kachery(storage_dir, remotes)
+    areas = (kachery.store, kachery.cache)  # what you stored, and verified downloads
     if clean_temp:
-        removed = kachery.store.remove_stale_temps(older_than=3600)
+        removed = sum(area.remove_stale_temps(older_than=3600) for area in areas)
         click.echo(f"removed {removed} stale temp file(s)", err=True)
-    report = verify_store(kachery.store, quarantine=quarantine)
-    for algorithm, expected, got, path in report.corrupt:
-        click.echo(f"CORRUPT {algorithm}://{expected} (content hashes to {got}): {path}")
-    click.echo(f"checked {report.checked} object(s), {report.bytes} bytes, "
-               f"{len(report.corrupt)} corrupt"
-               + (f", {len(report.quarantined)} quarantined" if quarantine else ""), err=True)
-    if report.corrupt:
+    corrupt = 0
+    for area in areas:
+        report = verify_store(area, quarantine=quarantine)
+        for algorithm, expected, got, path in report.corrupt:
+            click.echo(f"CORRUPT {algorithm}://{expected} (content hashes to {got}): {path}")
+        click.echo(f"{area.root}: checked {report.checked} object(s), {report.bytes} bytes, "
+                   f"{len(report.corrupt)} corrupt"
+                   + (f", {len(report.quarantined)} quarantined" if quarantine else ""), err=True)
+        corrupt += len(report.corrupt)
+    if corrupt:
         sys.exit(ExitStatus.CORRUPT)
 
 
@@ -358,6 +362,8 @@ def cache_command(clear, storage_dir, remotes):
     kachery = make_kachery(storage_dir, remotes)
     cache = kachery.cache
     freed = cache.clear() if clear else 0
+    if clear:
+        cache.remove_stale_temps()  # partial downloads of killed processes
     objects, used = cache.usage()
     mounts = read_stats_files(os.path.join(kachery.config.storage_dir, "logs"))
     report = {"cache_dir": cache.root, "objects": objects, "bytes": used,

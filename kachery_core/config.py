@@ -11,6 +11,8 @@ Example config file::
     storage_dir = "/data/kachery-storage"
     cache_max = "20G"
     remote_timeout = 10
+    remote_speed_limit = "16K"  # bytes/s: a slower transfer over ...
+    remote_speed_time = 10      # ... this many seconds fails (curl's --speed-limit/-time)
 
     [[remotes]]
     url = "https://kachery.example.org"
@@ -21,6 +23,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from .errors import ConfigError
+from .pace import DEFAULT_SPEED_LIMIT, DEFAULT_SPEED_TIME
 
 
 def default_storage_dir():
@@ -49,16 +52,25 @@ class Config:
     remotes: tuple = ()
     cache_max: int | None = None  # bytes; None means no quota
     remote_timeout: float = 10.0
+    #: A transfer slower than this many bytes/s over remote_speed_time seconds
+    #: fails (then the next remote); 0 disables the check. See pace.py.
+    remote_speed_limit: int = DEFAULT_SPEED_LIMIT
+    remote_speed_time: float = DEFAULT_SPEED_TIME
+    #: KACHERY_TOKEN: the token of every remote, also of those given later
+    #: with ``with_remote_urls`` (``--remote``), over any in the config file.
+    token: str | None = None
 
     def with_overrides(self, **overrides):
         """A copy with every override that is not None applied."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def with_remote_urls(self, urls):
-        """A copy reading from ``urls`` instead, keeping tokens configured for them."""
+        """A copy reading from ``urls`` instead, keeping tokens configured for
+        them (KACHERY_TOKEN, when set, is the token of every one)."""
         tokens = {remote.url: remote.token for remote in self.remotes}
         stripped = [_strip_slash(url) for url in urls]
-        return replace(self, remotes=tuple(Remote(url, tokens.get(url)) for url in stripped))
+        return replace(self, remotes=tuple(Remote(url, self.token or tokens.get(url))
+                                           for url in stripped))
 
 
 def load_config(path=None, environ=None):
@@ -80,8 +92,18 @@ def load_config(path=None, environ=None):
         storage_dir=os.path.expanduser(storage_dir) if storage_dir else default_storage_dir(),
         remotes=remotes,
         cache_max=_optional_size(environ.get("KACHERY_CACHE_MAX") or settings.get("cache_max")),
-        remote_timeout=float(settings.get("remote_timeout", 10.0)),
+        remote_timeout=_number(settings, "remote_timeout", 10.0),
+        remote_speed_limit=parse_size(settings.get("remote_speed_limit", DEFAULT_SPEED_LIMIT)),
+        remote_speed_time=_number(settings, "remote_speed_time", DEFAULT_SPEED_TIME),
+        token=token or None,
     )
+
+
+def _number(settings, key, default):
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"config file: {key} must be a number of seconds, got {value!r}")
+    return float(value)
 
 
 def _optional_size(value):

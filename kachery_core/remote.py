@@ -23,6 +23,7 @@ remote that failed all its retries is skipped for a while instead of being
 retried for every object.
 """
 
+import functools
 import http.client
 import json
 import logging
@@ -46,6 +47,7 @@ from .errors import (
     RemoteUnavailable,
 )
 from .hashing import digest_bytes, is_valid_hash, new_hasher, validate_hash
+from .pace import DEFAULT_SPEED_LIMIT, DEFAULT_SPEED_TIME, Pace, TooSlow
 
 log = logging.getLogger("kachery")
 
@@ -60,7 +62,7 @@ SEND_STEP = 64 * 1024 * 1024
 #: Times a download cut in the middle resumes where it stopped (a Range
 #: request for the rest) before the next remote is tried.
 RESUMES = 3
-#: Bodies at least this large are read with http.client's readinto (see _body_reader).
+#: Bodies at least this large are spliced into their file (see _receive_body).
 FAST_READ_MIN = 1024 * 1024
 #: Start disk writeback every this many downloaded bytes, so the final fsync is short.
 WRITEBACK_STEP = 64 * 1024 * 1024
@@ -71,8 +73,9 @@ BATCH_OBJECT_MAX = 1024 * 1024
 BATCH_ANSWER_MAX = 17 * 1024 * 1024
 #: Hashes per POST /api/has request.
 HAS_BATCH = 20000
-#: Transient server-side failures: retried with backoff, then the next remote.
-RETRY_STATUSES = frozenset({500, 502, 503, 504})
+#: Transient server-side failures: retried with backoff, then the next remote
+#: (429: a server busy with other large requests, see kachery_server/limits.py).
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: Statuses with which a static server says "no such API" (SPEC §5).
 NO_API_STATUSES = (404, 405, 501)
 
@@ -96,9 +99,13 @@ class RemoteSet:
     also receives uploads.
     """
 
-    def __init__(self, remotes, timeout=10.0, retries=3, backoff=0.2, down_for=30.0):
+    def __init__(self, remotes, timeout=10.0, retries=3, backoff=0.2, down_for=30.0,
+                 speed_limit=DEFAULT_SPEED_LIMIT, speed_time=DEFAULT_SPEED_TIME):
         self.remotes = tuple(remotes)
         self.timeout = timeout
+        #: A body slower than speed_limit bytes/s over speed_time s fails (pace.py).
+        self.speed_limit = speed_limit
+        self.speed_time = speed_time
         self.retries = retries
         self.backoff = backoff
         self.down_for = down_for
@@ -114,7 +121,8 @@ class RemoteSet:
 
     @classmethod
     def from_config(cls, config):
-        return cls(config.remotes, timeout=config.remote_timeout)
+        return cls(config.remotes, timeout=config.remote_timeout,
+                   speed_limit=config.remote_speed_limit, speed_time=config.remote_speed_time)
 
     def __repr__(self):
         return f"RemoteSet({[remote.url for remote in self.remotes]!r})"
@@ -138,6 +146,10 @@ class RemoteSet:
         with self._lock:
             live = [r for r in self.remotes if self._down_until.get(r.url, 0) <= now]
         return live or list(self.remotes)
+
+    def _pace(self):
+        """A fresh speed check for one body (see pace.py)."""
+        return Pace(self.speed_limit, self.speed_time)
 
     def _mark(self, remote, alive):
         with self._lock:
@@ -246,6 +258,9 @@ class RemoteSet:
                 outcome.note(error)
             except RemoteUnavailable as error:
                 outcome.unavailable.append(error)
+            except TooSlow as error:  # a drip is as useless as silence: skip it for a while
+                self._mark(remote, False)
+                outcome.unavailable.append(RemoteUnavailable(remote.url, str(error)))
         raise outcome.failure(self.remotes)
 
     def _download_from(self, remote, algorithm, digest, store, progress):
@@ -286,7 +301,8 @@ class RemoteSet:
                     os.ftruncate(fd, landed)
                 hasher = new_hasher(algorithm)
                 try:
-                    size = _receive_body(response, fd, landed, hasher, progress, early_writeback)
+                    size = _receive_body(response, fd, landed, hasher, progress, early_writeback,
+                                         self._pace())
                     expected = response.headers.get("Content-Length", "")
                     if expected.isdigit() and size != int(expected):  # http.client does not raise
                         raise _TransferFailed(f"body ended after {size} of {expected} bytes")
@@ -320,7 +336,7 @@ class RemoteSet:
             if response.status_code not in (200, 206):
                 raise _status_error(remote, response, what)
             try:
-                readinto = _body_reader(response)
+                readinto = _body_reader(response, self._pace())
                 if response.status_code == 200:  # Range ignored (python -m http.server)
                     _skip(readinto, chunk.start)
                 data = _uninitialized(chunk.end - chunk.start)
@@ -352,7 +368,7 @@ class RemoteSet:
             # One byte more than allowed, so an oversized body shows (and fails the hash).
             data = bytearray(min(max_size, expected if expected is not None else max_size) + 1)
             try:
-                count = _receive_into(response.raw.readinto, data)
+                count = _receive_into(_body_reader(response, self._pace()), data)
             except _TransferFailed as error:
                 raise RemoteUnavailable(remote.url, f"transfer of {path} broke: {error}") from None
             if expected is not None and count < min(expected, max_size):
@@ -402,10 +418,15 @@ class RemoteSet:
                 return {}
             if response.status_code != 200:
                 raise _status_error(remote, response, "api/download")
-            try:  # (kachery-server answers at most 16 MiB; read no more than a bit over)
-                body = response.raw.read(BATCH_ANSWER_MAX)
-            except _NETWORK_ERRORS as error:
-                raise RemoteUnavailable(remote.url, f"api/download broke: {_describe(error)}") from None
+            # (kachery-server answers at most 16 MiB; read no more than a bit over)
+            buffer = _uninitialized(BATCH_ANSWER_MAX)
+            try:
+                count = _receive_into(_body_reader(response, self._pace()), buffer)
+            except (_TransferFailed, TooSlow) as error:
+                raise RemoteUnavailable(remote.url, f"api/download broke: {error}") from None
+            with memoryview(buffer) as view:
+                body = bytes(view[:count])
+            buffer.close()
         found = {}
         for algorithm, digest, data in _parse_objects(body):
             if len(data) <= max_size and digest_bytes(algorithm, data) == digest:
@@ -758,24 +779,41 @@ def _describe(error):
     return type(error).__name__
 
 
-def _body_reader(response):
-    """A ``readinto`` for the response body.
+def _body_reader(response, pace):
+    """A ``readinto`` for the response body that returns after each socket read.
 
-    For large bodies it is http.client's own: urllib3 2's ``read(amt)`` passes
-    every byte through an extra buffer, which made a 1 GiB download 5x slower
-    on loopback. The cost is that urllib3 cannot reuse that connection, which
-    does not matter next to a large transfer; small bodies keep the pooled path.
+    For a body of known length it reads http.client's buffered socket
+    directly, one ``readinto1`` at a time: urllib3's ``read(amt)`` and
+    http.client's own ``readinto`` both block until the whole buffer is
+    full, so a remote dripping one byte a second could hold a 4 MiB read for
+    weeks without any per-read timeout firing, and urllib3 2 also passes every
+    byte through an extra buffer (5x slower for 1 GiB on loopback). Every
+    read is checked against ``pace`` (a too slow body raises TooSlow).
+    Other bodies (chunked, encoded) go through urllib3.
     """
-    raw = response.raw
-    fast = getattr(raw, "_fp", None)
-    length = response.headers.get("Content-Length", "")
-    if (fast is not None and hasattr(fast, "readinto") and length.isdigit()
-            and int(length) >= FAST_READ_MIN and not response.headers.get("Content-Encoding")):
-        return fast.readinto
-    return raw.readinto
+    body = getattr(response.raw, "_fp", None)
+    if (body is not None and not getattr(body, "chunked", True) and isinstance(body.length, int)
+            and hasattr(getattr(body, "fp", None), "readinto1")
+            and not response.headers.get("Content-Encoding")):
+        return pace.paced(functools.partial(_read_once, body))
+    return pace.paced(response.raw.readinto)
 
 
-def _receive_body(response, fd, offset, hasher, progress, early_writeback):
+def _read_once(body, buffer):
+    """One socket read of an http.client body into ``buffer``, keeping its
+    count of what is left (0 lets urllib3 reuse the connection, see
+    _DirectResponse.close)."""
+    if body.fp is None or body.length <= 0:
+        return 0
+    view = memoryview(buffer)
+    got = body.fp.readinto1(view[:body.length] if len(view) > body.length else view)
+    body.length -= got
+    if not got or not body.length:
+        body._close_conn()  # as http.client does at the end of a body
+    return got
+
+
+def _receive_body(response, fd, offset, hasher, progress, early_writeback, pace):
     """Write a response body to ``fd`` from ``offset`` on, hashing it; return its size.
 
     A large plain-HTTP body is spliced in the kernel (zerocopy.py), anything
@@ -788,14 +826,17 @@ def _receive_body(response, fd, offset, hasher, progress, early_writeback):
     if sock is not None:
         try:
             return zerocopy.receive(response.raw, sock, fd, hasher, progress,
-                                    WRITEBACK_STEP if early_writeback else None, offset)
+                                    WRITEBACK_STEP if early_writeback else None, offset, pace)
         except zerocopy.SpliceRefused as refused:
             received = refused.received
+        except TooSlow:
+            raise
         except _NETWORK_ERRORS as error:
             raise _TransferFailed(_describe(error)) from None
     block = min(RECEIVE_BLOCK, int(expected) + 1) if expected.isdigit() else RECEIVE_BLOCK
     os.lseek(fd, offset + received, os.SEEK_SET)
-    return received + _pump(_body_reader(response), fd, hasher, progress, block, early_writeback)[1]
+    return received + _pump(_body_reader(response, pace), fd, hasher, progress, block,
+                            early_writeback)[1]
 
 
 def _start_of_body(remote, response, asked, what):
@@ -882,6 +923,8 @@ def _receive_into(readinto, buffer):
             if not got:
                 break
             filled += got
+    except TooSlow:
+        raise
     except _NETWORK_ERRORS as error:
         raise _TransferFailed(_describe(error)) from None
     return filled

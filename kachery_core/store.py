@@ -5,10 +5,23 @@
     <root>/tmp/                  temporary files, renamed into place when complete
 
 The layout is kachery 0.6.x's, so an existing storage directory works as is.
+
+A temp file is named ``<host>.<pid>.<token>.<random>.part``, and while its
+process lives that process holds an flock on ``locks/<host>.<pid>.<token>.lock``
+(one per process and temp area, see _WriterLock; ``locks/`` is beside ``tmp/``). A temp whose lock
+can be taken belongs to a dead writer and is removed — by the first
+``create_temp`` of every process, by ``kachery-verify --clean-temp`` and
+``kachery cache --clear`` — however young it is; a live writer's never is,
+however old (a killed download is otherwise left behind at any size). The
+lock is held for the process's life, not the file's, so a temp closed and
+about to be renamed is never taken for dead either.
 """
 
+import atexit
+import fcntl
 import os
 import socket
+import threading
 import time
 import uuid
 
@@ -17,6 +30,7 @@ from .errors import ObjectNotFound
 from .hashing import is_valid_hash, validate_hash
 
 TEMP_DIR = "tmp"
+LOCK_DIR = "locks"
 #: Batches with at least this many objects are published by several threads.
 PARALLEL_PUBLISH = 64
 #: Host part of temp names (no dots: the name's fields are dot-separated).
@@ -64,10 +78,11 @@ class LocalStore:
     # ------------------------------------------------------------- writing
 
     def temp_path(self):
-        """A fresh path in the store's temp area (same file system as objects)."""
+        """A fresh path in the store's temp area (same file system as objects),
+        owned by this process's writer lock (see the module docstring)."""
         temp_dir = os.path.join(self.root, TEMP_DIR)
-        os.makedirs(temp_dir, exist_ok=True)
-        return os.path.join(temp_dir, f"{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.part")
+        prefix = _WriterLock.prefix_for(temp_dir, self.remove_stale_temps)
+        return os.path.join(temp_dir, f"{prefix}.{uuid.uuid4().hex}.part")
 
     def create_temp(self):
         """Create a new temp file; return (fd, path). The caller owns both.
@@ -96,20 +111,23 @@ class LocalStore:
         return final
 
     def remove_stale_temps(self, older_than=24 * 3600):
-        """Delete temp files left by killed processes; return how many.
+        """Delete temp files left by dead writers; return how many.
 
-        Temp names are ``<host>.<pid>.<random>.part``. A temp of this host is
-        removed when its process is gone (whatever its age: a live process may
-        still publish it); a temp of another host, or with an unknown name, is
-        removed only when it has not been written for ``older_than`` seconds,
-        since its process cannot be checked from here.
+        A temp whose writer lock is free is removed at any age (see the
+        module docstring); one with an older name (``<host>.<pid>.<random>.part``,
+        kachery before locks) when its process is gone; a file of unknown
+        name only once it has not been written for ``older_than`` seconds.
         """
         cutoff = time.time() - older_than
+        temp_dir = os.path.join(self.root, TEMP_DIR)
+        entries = _scandir_or_empty(temp_dir)
+        dead = _DeadWriters(temp_dir)
         removed = 0
-        for entry in _scandir_or_empty(os.path.join(self.root, TEMP_DIR)):
-            if _is_stale_temp(entry, cutoff):
+        for entry in entries:
+            if dead.owns(entry.name) or (not dead.knows(entry.name) and _is_stale_temp(entry, cutoff)):
                 _remove_quietly(entry.path)
                 removed += 1
+        dead.release()  # their lock files go last, so a temp is never left without its lock
         return removed
 
     def iter_objects(self, algorithm):
@@ -205,6 +223,119 @@ def _scandir_or_empty(path):
         return list(os.scandir(path))
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+class _WriterLock:
+    """This process's lock in each temp area it writes to (see the module docstring)."""
+
+    _lock = threading.Lock()
+    _prefixes = {}  # (pid, temp dir) -> '<host>.<pid>.<token>'; the fds stay open
+
+    @classmethod
+    def prefix_for(cls, temp_dir, clean):
+        """The temp-name prefix of this process in ``temp_dir``; on first use,
+        take the lock and ``clean()`` the area of dead writers' files."""
+        key = (os.getpid(), temp_dir)  # a forked child takes its own lock
+        with cls._lock:
+            prefix = cls._prefixes.get(key)
+            if prefix is not None:
+                return prefix
+            os.makedirs(temp_dir, exist_ok=True)
+            prefix = cls._take_new(temp_dir)
+            if not any(pid == os.getpid() for pid, _ in cls._prefixes):
+                atexit.register(cls._remove_own)
+            cls._prefixes[key] = prefix
+        try:
+            clean()
+        except OSError:  # cleaning is a courtesy: writing must not fail for it
+            pass
+        return prefix
+
+
+    @classmethod
+    def _remove_own(cls):
+        """At a normal exit, remove this process's lock files (a killed
+        process's are removed by the next cleaner)."""
+        for (pid, temp_dir), prefix in list(cls._prefixes.items()):
+            if pid == os.getpid():
+                _remove_quietly(_lock_path(temp_dir, prefix))
+
+    @staticmethod
+    def _take_new(temp_dir):
+        """Create and lock a fresh lock file; return its prefix. The fd stays
+        open (and locked) until the process ends."""
+        os.makedirs(os.path.join(os.path.dirname(temp_dir), LOCK_DIR), exist_ok=True)
+        while True:
+            prefix = f"{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+            path = _lock_path(temp_dir, prefix)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:  # a cleaner may have taken the file for a dead one's between open and flock
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return prefix
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+
+class _DeadWriters:
+    """The writer locks of a temp area whose processes are gone, held while
+    their temp files are removed."""
+
+    def __init__(self, temp_dir):
+        self.temp_dir = temp_dir
+        self._checked = {}  # prefix -> fd of a lock taken (dead writer), or None (alive)
+
+    @staticmethod
+    def prefix(name):
+        """'<host>.<pid>.<token>' of a locked-era temp name, or None."""
+        parts = name.split(".")
+        if len(parts) == 5 and parts[4] == "part" and parts[1].isdigit():
+            return ".".join(parts[:3])
+        return None
+
+    def knows(self, name):
+        return self.prefix(name) is not None
+
+    def owns(self, name):
+        """True when ``name`` is a temp of a writer that is gone."""
+        prefix = self.prefix(name)
+        if prefix is None:
+            return False
+        if prefix not in self._checked:
+            self._checked[prefix] = self._take(prefix)
+        return self._checked[prefix] is not None or not os.path.exists(self._lock_path(prefix))
+
+    def _lock_path(self, prefix):
+        return _lock_path(self.temp_dir, prefix)
+
+    def _take(self, prefix):
+        try:
+            fd = os.open(self._lock_path(prefix), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its writer is alive
+            os.close(fd)
+            return None
+        return fd
+
+    def release(self):
+        """Remove the lock files of every dead writer (taken or not seen yet)."""
+        for entry in _scandir_or_empty(os.path.join(os.path.dirname(self.temp_dir), LOCK_DIR)):
+            prefix = entry.name[:-len(".lock")] if entry.name.endswith(".lock") else None
+            if prefix and prefix not in self._checked:
+                self._checked[prefix] = self._take(prefix)
+        for prefix, fd in self._checked.items():
+            if fd is not None:
+                _remove_quietly(self._lock_path(prefix))
+                os.close(fd)
+
+
+def _lock_path(temp_dir, prefix):
+    """The writer lock of ``prefix`` for a temp area (in ``locks/`` beside it)."""
+    return os.path.join(os.path.dirname(temp_dir), LOCK_DIR, prefix + ".lock")
 
 
 def _is_stale_temp(entry, cutoff):

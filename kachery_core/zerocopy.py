@@ -23,8 +23,10 @@ import select
 import socket
 import ssl
 import threading
+import time
 
 from .durability import start_writeback
+from .pace import NoPace
 
 #: Bytes moved per splice step (the pipe is enlarged to this when allowed).
 STEP = 1024 * 1024
@@ -60,7 +62,7 @@ def body_socket(raw):
     return sock
 
 
-def receive(raw, sock, fd, hasher, progress=None, writeback_every=None, offset=0):
+def receive(raw, sock, fd, hasher, progress=None, writeback_every=None, offset=0, pace=None):
     """Write the rest of ``raw``'s body to ``fd`` from ``offset`` on, hashing it.
 
     Returns the number of bytes received: less than the Content-Length when
@@ -69,6 +71,7 @@ def receive(raw, sock, fd, hasher, progress=None, writeback_every=None, offset=0
     left marked unfinished, so urllib3 drops it instead of reusing it.
     Every ``writeback_every`` bytes, disk writeback is started
     (durability.py), for a file that will be flushed at the end anyway.
+    ``pace`` (pace.Pace) bounds the speed: a body too slow raises pace.TooSlow.
     """
     global _enabled
     body = raw._fp
@@ -80,7 +83,8 @@ def receive(raw, sock, fd, hasher, progress=None, writeback_every=None, offset=0
         progress(len(head))
     start = offset + len(head)
     try:
-        with _Splicer(sock, fd, offset=start, count=body.length, hasher=hasher) as splicer:
+        with _Splicer(sock, fd, offset=start, count=body.length, hasher=hasher,
+                      pace=pace) as splicer:
             splicer.run(progress, writeback_every)
     except _Unsupported:
         _enabled = False
@@ -109,8 +113,9 @@ class _Splicer:
     """Moves ``count`` bytes from a socket to ``fd`` at ``offset`` and
     hashes them on a second thread as they land."""
 
-    def __init__(self, sock, fd, offset, count, hasher):
+    def __init__(self, sock, fd, offset, count, hasher, pace=None):
         self.sock, self.fd, self.hasher = sock, fd, hasher
+        self.pace = pace or NoPace()
         self.start = self.landed = offset
         self.end = offset + count
         self.timeout = sock.gettimeout()
@@ -145,6 +150,7 @@ class _Splicer:
             if not moved:
                 break  # the peer closed early: the caller sees a short body
             _drain_pipe(self.pipe_out, self.fd, moved, self.landed)
+            self.pace.moved(moved)
             with self.changed:
                 self.landed += moved
                 self.changed.notify()
@@ -172,10 +178,22 @@ class _Splicer:
                 raise
 
     def _wait_readable(self):
+        """Wait for bytes; TimeoutError after the socket's timeout, TooSlow
+        when the pace's window ends first with too few bytes in it."""
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
-        if not poller.poll(None if self.timeout is None else self.timeout * 1000):
-            raise TimeoutError("timed out")
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            window = self.pace.time_left()
+            by_pace = window is not None and (wait is None or window < wait)
+            if by_pace:
+                wait = window + 0.01
+            if poller.poll(None if wait is None else wait * 1000):
+                return
+            if not by_pace:
+                raise TimeoutError("timed out")
+            self.pace.moved(0)  # raises TooSlow, or starts a new window
 
     def _hash_landed(self):
         """Hash the landed bytes window by window, each once it is complete

@@ -97,7 +97,11 @@ class Access:
         if scheme.lower() != "bearer" or not value.strip():
             return None
         self._follow_config()
-        return self._by_digest.get(token_digest(value.strip()))
+        try:
+            digest = token_digest(value.strip())
+        except UnicodeError:  # bytes that are no token of ours (aiohttp keeps them as surrogates)
+            return None
+        return self._by_digest.get(digest)
 
     def _follow_config(self):
         if self._config_path is None or time.monotonic() < self._next_look:

@@ -17,7 +17,7 @@ ACCESS_LOG_FORMAT = '%a %t "%r" %s %b %Tf "%{Range}i" %{Content-Length}i "%{User
 #: After SIGTERM, in-flight requests get this long to finish before they are
 #: cancelled (a cancelled upload removes its temp file: it leaves nothing).
 SHUTDOWN_GRACE = 30.0
-#: Largest JSON body of POST /api/has (about 1.5 million hashes).
+#: Largest body aiohttp reads whole (JSON bodies have their own, smaller bound: limits.py).
 MAX_JSON_BODY = 64 * 1024 * 1024
 
 log = logging.getLogger("kachery.server")

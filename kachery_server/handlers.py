@@ -20,6 +20,7 @@ from kachery_core.hashing import DIGEST_LENGTHS, is_valid_hash
 
 from . import batch
 from .commit import GroupCommitter
+from .limits import JsonBodies
 from .ranges import UNSATISFIABLE, parse_range
 from .receive import TempUpload
 
@@ -43,6 +44,7 @@ class ObjectService:
         self.max_upload = max_upload
         self.committer = GroupCommitter(store)
         self.batch_slots = asyncio.Semaphore(batch.CONCURRENT_BATCHES)
+        self.json_bodies = JsonBodies()
 
     def routes(self):
         return [
@@ -129,13 +131,13 @@ class ObjectService:
 
     async def has_objects(self, request):
         self.authorize(request, write=False)
-        wanted = _parse_hash_lists(await _json_body(request))
+        wanted = await self._hash_lists(request)
         present = await asyncio.to_thread(self._present, wanted)
         return web.json_response(present)
 
     async def download_batch(self, request):
         self.authorize(request, write=False)
-        wanted = _parse_hash_lists(await _json_body(request))
+        wanted = await self._hash_lists(request)
         count = sum(len(digests) for digests in wanted.values())
         if count > batch.MAX_WANTED:
             raise _error(web.HTTPBadRequest, f"{count} hashes asked, at most {batch.MAX_WANTED}")
@@ -149,6 +151,10 @@ class ObjectService:
             await response.write(body)
             await response.write_eof()
             return response
+
+    async def _hash_lists(self, request):
+        """The body's {"sha1": [...], "md5": [...]}, bounded and parsed off the loop."""
+        return await asyncio.to_thread(_parse_hash_lists, await self.json_bodies.read(request))
 
     def _present(self, wanted):
         return {alg: [d for d in digests if self.store.has(alg, d)] for alg, digests in wanted.items()}
@@ -237,13 +243,6 @@ async def _fill(request, upload):
 async def _drain(request):
     async for _ in request.content.iter_any():
         pass
-
-
-async def _json_body(request):
-    try:
-        return await request.json()
-    except ValueError:
-        raise _error(web.HTTPBadRequest, "body must be JSON") from None
 
 
 def _parse_hash_lists(document):

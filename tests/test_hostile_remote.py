@@ -1,0 +1,174 @@
+"""Issue 11: remotes that drip, lie or refuse; tokens given with --remote.
+
+A dripping remote answers every read in time (one byte every 0.2 s) and so
+passes any read timeout; only the transfer's speed bound (pace.py) ends it.
+"""
+
+import errno
+import hashlib
+import os
+import random
+import time
+
+import pytest
+
+from fs_helpers import Mount, needs_fuse
+from hostile_helpers import HostileRemote
+from server_helpers import object_rel, servers  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.server
+
+#: Speed bound for these tests: a body under 1,000 B/s over 2 s fails.
+FAST_BOUND = 'remote_speed_limit = 1000\nremote_speed_time = 2\nremote_timeout = 3\n'
+
+
+def assert_one_line_error(result, code, *words):
+    stderr = result.stderr.decode()
+    assert result.returncode == code, stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    for word in words:
+        assert word in stderr, stderr
+
+
+@pytest.fixture
+def client_env(tmp_path):
+    """Environment of a client with an empty store and the short speed bound."""
+    config = tmp_path / "client.toml"
+    config.write_text(FAST_BOUND)
+    return {"KACHERY_STORAGE_DIR": str(tmp_path / "client"), "KACHERY_CONFIG": str(config),
+            "KACHERY_REMOTE": "", "KACHERY_TOKEN": ""}
+
+
+def one_object(size, seed=1):
+    data = random.Random(seed).randbytes(size)
+    digest = hashlib.sha1(data).hexdigest()
+    return digest, data, {object_rel(digest): data}
+
+
+@pytest.mark.parametrize("size", [3000, 2 * 1024 * 1024], ids=["pumped", "spliced"])
+def test_a_dripping_remote_fails_within_the_speed_bound(run_cli, client_env, tmp_path, size):
+    digest, _, objects = one_object(size)
+    with HostileRemote(objects, drip=0.2) as drip:
+        started = time.monotonic()
+        result = run_cli("kachery-cat", f"sha1://{digest}", "--remote", drip.url,
+                         env=client_env, timeout=60)
+        elapsed = time.monotonic() - started
+    assert_one_line_error(result, 4, drip.url, "too slow")
+    assert elapsed < 12, elapsed  # 2 s window (+ a read timeout of 3 s at most) + start-up
+    assert not os.listdir(tmp_path / "client" / "tmp") if (tmp_path / "client" / "tmp").exists() else True
+
+
+def test_after_a_dripping_remote_the_next_one_serves(run_cli, client_env):
+    digest, data, objects = one_object(3000, seed=2)
+    with HostileRemote(objects, drip=0.2) as drip, HostileRemote(objects, drip=0) as good:
+        result = run_cli("kachery-cat", f"sha1://{digest}", "--remote", drip.url,
+                         "--remote", good.url, env=client_env, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == data
+
+
+@needs_fuse
+@pytest.mark.fuse
+def test_a_mount_read_from_a_dripping_remote_is_eio_within_the_bound(tmp_path, client_env):
+    digest, _, objects = one_object(3000, seed=3)
+    config = tmp_path / "client.toml"
+    with HostileRemote(objects, drip=0.2) as drip:
+        mount = Mount(tmp_path / "mnt", tmp_path / "client", ["--remote", drip.url])
+        os.environ["KACHERY_CONFIG"], previous = str(config), os.environ.get("KACHERY_CONFIG")
+        try:
+            with mount:
+                started = time.monotonic()
+                with pytest.raises(OSError) as raised:
+                    with open(mount.path("sha1", digest), "rb") as file:
+                        file.read()
+                elapsed = time.monotonic() - started
+        finally:
+            if previous is None:
+                os.environ.pop("KACHERY_CONFIG", None)
+            else:
+                os.environ["KACHERY_CONFIG"] = previous
+    assert raised.value.errno == errno.EIO
+    assert elapsed < 12, elapsed
+
+
+def test_kachery_token_is_the_token_of_a_remote_given_with_the_option(servers, run_cli, tmp_path):
+    server = servers.kachery()
+    (tmp_path / "file.txt").write_bytes(b"uploaded with --remote and KACHERY_TOKEN")
+    env = {"KACHERY_STORAGE_DIR": str(tmp_path / "A"), "KACHERY_CONFIG": str(tmp_path / "none.toml"),
+           "KACHERY_REMOTE": "", "KACHERY_TOKEN": server.write_token}
+    result = run_cli("kachery-store", "--upload-only", "--remote", server.url, tmp_path / "file.txt",
+                     env=env)
+    assert result.returncode == 0, result.stderr.decode()
+    digest = hashlib.sha1(b"uploaded with --remote and KACHERY_TOKEN").hexdigest()
+    assert os.path.exists(os.path.join(server.storage, object_rel(digest)))
+
+
+# ------------------------------------------------- temp files of dead writers
+
+def _temp_files(storage):
+    found = []
+    for area in (storage / "tmp", storage / "cache" / "tmp"):
+        if area.exists():
+            found += [name for name in os.listdir(area) if name.endswith(".part")]
+    return found
+
+
+def _killed_mid_download(run_cli, client_env, tmp_path, drip):
+    """Start kachery-load from the dripping remote, kill -9 it once its temp file exists."""
+    import signal
+    import subprocess
+
+    from conftest import _command_path
+
+    digest, _, objects = one_object(5000, seed=7)
+    drip.server.objects.update(objects)
+    env = dict(os.environ, **client_env)
+    process = subprocess.Popen([_command_path("kachery-load"), f"sha1://{digest}", "--remote", drip.url],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = tmp_path / "client"
+    deadline = time.monotonic() + 20
+    while not _temp_files(storage):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert _temp_files(storage)  # what a kill leaves
+    return storage
+
+
+@pytest.mark.parametrize("cleaner", ["cache --clear", "verify --clean-temp", "next download"])
+def test_a_killed_download_leaves_no_temp_file_after_the_next_use(run_cli, client_env, tmp_path,
+                                                                  cleaner):
+    with HostileRemote({}, drip=0.05) as drip:
+        storage = _killed_mid_download(run_cli, client_env, tmp_path, drip)
+        if cleaner == "next download":
+            digest, data, objects = one_object(100, seed=8)
+            with HostileRemote(objects, drip=0) as good:
+                result = run_cli("kachery-cat", f"sha1://{digest}", "--remote", good.url, env=client_env)
+                assert result.stdout == data
+        else:
+            result = run_cli("kachery", *cleaner.split(), env=client_env)
+            assert result.returncode == 0, result.stderr.decode()
+    assert _temp_files(storage) == []
+
+
+def test_a_live_writers_temp_file_is_never_removed(tmp_path):
+    """Another process's open download (its lock held) survives every cleaner."""
+    import subprocess
+    import sys
+
+    from kachery_core.store import LocalStore
+
+    code = ("import sys, time; from kachery_core.store import LocalStore; "
+            "fd, path = LocalStore(sys.argv[1]).create_temp(); print(path, flush=True); time.sleep(60)")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s")], stdout=subprocess.PIPE)
+    try:
+        path = writer.stdout.readline().decode().strip()
+        os.utime(path, (0, 0))  # however old it looks
+        assert LocalStore(tmp_path / "s").remove_stale_temps(older_than=0) == 0
+        assert os.path.exists(path)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert LocalStore(tmp_path / "s").remove_stale_temps() == 1
+    assert not os.path.exists(path)
