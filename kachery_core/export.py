@@ -7,6 +7,7 @@ import shutil
 from .client import FileTarget
 from .fetching import SMALL_MAX
 from .manifest import DirEntry
+from .store import pid_alive
 
 #: Loading a snapshot, the small files fetched ahead of the one being written ...
 AHEAD_FILES = 64
@@ -182,8 +183,21 @@ _NO_COPY_FILE_RANGE = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP
 
 
 def _partial_name(dest):
+    """The hidden name a copy is written under before it becomes ``dest``.
+    Partial copies of the same destination left by killed processes (their
+    PID is gone) are removed first: a killed load of a large file would
+    otherwise leave its bytes beside the destination for ever."""
     dest = os.path.abspath(os.fspath(dest))
-    return os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.kachery-partial-{os.getpid()}")
+    directory, prefix = os.path.dirname(dest), f".{os.path.basename(dest)}.kachery-partial-"
+    try:
+        names = [name for name in os.listdir(directory) if name.startswith(prefix)]
+    except OSError:
+        names = []
+    for name in names:
+        pid = name[len(prefix):]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            _remove_tree_quietly(os.path.join(directory, name))
+    return os.path.join(directory, f"{prefix}{os.getpid()}")
 
 
 def _remove_tree_quietly(path):

@@ -8,7 +8,6 @@ is read. hashlib and os.write release the GIL, so these really overlap.
 
 import collections
 import logging
-import mmap
 import os
 import stat
 import time
@@ -37,8 +36,6 @@ SLOW_FILE_SECONDS = 250e-6
 PARALLEL_MIN_FILES = 16
 #: Blocks in flight between the reader and the two workers.
 PIPELINE_DEPTH = 6
-#: Bytes of a file mapped at a time by hash_mapped (a multiple of CHUNK_SIZE).
-MAP_WINDOW = 64 * 1024 * 1024
 
 _workers = None
 
@@ -176,76 +173,19 @@ def _copy_and_hash(source, fd, algorithm):
     return offset, whole.hexdigest(), chunks
 
 
-def hash_mapped(source, algorithm, path):
-    """(size, digest, chunks) of a regular file, read through memory mappings.
+def hash_once(source, algorithm):
+    """(size, digest, chunks) of a file, read once and not copied
+    (kachery-store --upload-only): the whole-file and chunk hashes run on two
+    threads, as for a store.
 
-    For a file that is hashed but not copied (kachery-store --upload-only):
-    the two workers of _copy_and_hash hash straight from the page cache, so
-    the reader's copy of every byte disappears. 1 GiB on the 2-core VM: 0.77 s
-    against 0.95 s through read(2). The file is mapped MAP_WINDOW bytes at a
-    time, and its size is checked before each window: a file truncated by
-    another program while its window is hashed would end the process with
-    SIGBUS, so that window of time is kept short. The caller compares the
-    file's size and mtime before and after, as for any store.
+    Read with read(2), not through memory mappings, although mapping saved a
+    copy (1 GiB: 0.77 s against 0.95 s on the 2-core VM): a mapped file that
+    another program truncates kills the reader with SIGBUS, which Python
+    cannot catch. A read sees a short file instead, and the caller's
+    before/after check of size and mtime reports "changed while it was
+    being stored".
     """
-    fd = source.fileno()
-    size = os.fstat(fd).st_size
-    whole_worker, chunk_worker = _workers_pair()
-    whole = new_hasher(algorithm)
-    want_chunks = algorithm == "sha1"
-    in_flight = collections.deque()
-    chunks = []
-    try:
-        for start in range(0, size, MAP_WINDOW):
-            if os.fstat(fd).st_size < size:
-                raise OSError(f"{path} changed while it was being stored")
-            try:
-                window = _MappedWindow(fd, start, min(MAP_WINDOW, size - start))
-            except OSError:
-                if start:
-                    raise
-                return _copy_and_hash(source, None, algorithm)  # a file system that cannot map files
-            in_flight.append((window, whole_worker.submit(whole.update, window.view),
-                              chunk_worker.submit(window.chunks) if want_chunks else None))
-            if len(in_flight) > 2:
-                chunks += _retire_window(in_flight)
-        while in_flight:
-            chunks += _retire_window(in_flight)
-    except BaseException as error:
-        _abandon(in_flight, interrupted=not isinstance(error, Exception))
-        for window, *_ in in_flight:
-            window.close()
-        raise
-    return size, whole.hexdigest(), chunks
-
-
-class _MappedWindow:
-    """``length`` bytes of a file from ``start`` (a multiple of CHUNK_SIZE), mapped read-only."""
-
-    def __init__(self, fd, start, length):
-        self.start = start
-        self.mapping = mmap.mmap(fd, length, offset=start, prot=mmap.PROT_READ)
-        self.view = memoryview(self.mapping)
-
-    def chunks(self):
-        """The file-manifest Chunks this window holds."""
-        return [Chunk(self.start + offset, self.start + offset + len(part), digest_bytes("sha1", part))
-                for offset in range(0, len(self.view), CHUNK_SIZE)
-                for part in (self.view[offset:offset + CHUNK_SIZE],)]
-
-    def close(self):
-        self.view.release()
-        self.mapping.close()
-
-
-def _retire_window(in_flight):
-    """Wait for the oldest window's work; unmap it; return its chunks."""
-    window, whole_done, chunks_done = in_flight.popleft()
-    try:
-        whole_done.result()
-        return chunks_done.result() if chunks_done else []
-    finally:
-        window.close()
+    return _copy_and_hash(source, None, algorithm)
 
 
 def _abandon(in_flight, interrupted):

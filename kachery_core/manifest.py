@@ -131,6 +131,12 @@ def _parse_dir(obj, which, where):
 
 
 _BAD_NAMES = frozenset(("", ".", ".."))
+#: Largest chunk a file manifest may have. SPEC §4 lets writers pick 1-16 MiB
+#: (kachery writes 4 MiB) and readers accept any boundaries, but a reader
+#: holds a chunk in memory to verify it before serving a byte of it: a
+#: hostile manifest with one 512 MiB chunk made a 10-byte read hold 525 MiB.
+#: 64 MiB leaves room for every writer the spec allows.
+MAX_CHUNK = 64 * 1024 * 1024
 _LOWER_SHA1 = re.compile("[0-9a-f]{40}").fullmatch
 
 
@@ -261,6 +267,9 @@ def _check_coverage(chunks, size, which):
     for chunk in chunks:
         if chunk.start != position or chunk.end <= chunk.start:
             raise InvalidManifest(which, f"chunks are not contiguous at byte {position}")
+        if chunk.end - chunk.start > MAX_CHUNK:
+            raise InvalidManifest(which, f"a chunk of {chunk.end - chunk.start} bytes at byte "
+                                  f"{position} is over the {MAX_CHUNK >> 20} MiB readers accept")
         position = chunk.end
     if position != size:
         raise InvalidManifest(which, f"chunks cover {position} bytes, file has {size}")

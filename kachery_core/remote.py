@@ -492,12 +492,12 @@ class RemoteSet:
             data = bytes(source) if in_memory else b""
             response = self._send(remote, "PUT", path, body=lambda: data, headers=headers)
         elif size >= SENDFILE_MIN and self._direct_ok(remote):
-            response = self._retrying(remote, lambda: _sendfile_put(
+            response = _unless_changed(source, size, lambda: self._retrying(remote, lambda: _sendfile_put(
                 f"{remote.url}/{path}", self._headers(remote, headers), source, size,
-                self._verify(remote), self.timeout, progress))
+                self._verify(remote), self.timeout, progress)))
         else:
-            response = self._send(remote, "PUT", path, headers=headers,
-                                  body=lambda: _FileBody(source, size, progress))
+            response = _unless_changed(source, size, lambda: self._send(
+                remote, "PUT", path, headers=headers, body=lambda: _FileBody(source, size, progress)))
         with response:
             if response.status_code not in (200, 201):
                 raise _status_error(remote, response, f"{algorithm}://{digest}")
@@ -639,10 +639,14 @@ def _sendfile_put(url, headers, source, size, verify, timeout, progress):
             connection.endheaders()
             try:
                 _send_file(connection.sock, file, size, progress)
+            except SourceChanged:
+                raise
             except OSError:  # the server may have refused (401, 413) and closed: read why
                 pass
             response = connection.getresponse()
             return _PlainResponse(response.status, response.headers, response.read())
+        except SourceChanged:
+            raise
         except (OSError, http.client.HTTPException) as error:
             raise ConnectionError(f"{type(error).__name__}: {error}") from None
         finally:
@@ -671,6 +675,8 @@ def _send_file(sock, file, size, progress):
         step = min(SEND_STEP, size - offset)
         sent = sock.sendfile(file, offset, step)
         if not sent:
+            if os.fstat(file.fileno()).st_size < size:  # (else the peer closed)
+                raise SourceChanged(file.name)
             raise ConnectionError("connection closed while sending")
         offset += sent
         if progress:
@@ -959,12 +965,36 @@ def _skip(readinto, count):
         count -= got
 
 
+class SourceChanged(OSError):
+    """The file being uploaded changed size while it was sent."""
+
+    def __init__(self, path):
+        super().__init__(f"{path} changed while it was being stored")
+
+
+def _unless_changed(source, size, send):
+    """``send()``; when it fails and ``source`` no longer has ``size`` bytes,
+    say so (SourceChanged) instead of blaming the remote: a file cut short
+    under an upload leaves the server waiting for the rest of the body."""
+    try:
+        return send()
+    except (RemoteUnavailable, ConnectionError, OSError):
+        try:
+            changed = os.path.getsize(source) != size
+        except OSError:
+            changed = True
+        if changed:
+            raise SourceChanged(source) from None
+        raise
+
+
 class _FileBody:
     """A file as a PUT body: large reads (urllib3 asks for 16 KiB), a length, progress."""
 
     def __init__(self, path, size, progress=None):
         self._file = open(path, "rb")
         self._size = size
+        self._sent = 0
         self._progress = progress
 
     def __len__(self):
@@ -975,6 +1005,9 @@ class _FileBody:
 
     def read(self, _size=-1):
         block = self._file.read(SEND_BLOCK)
+        self._sent += len(block)
+        if not block and self._sent < self._size:  # cut short: fail now, not at the server's timeout
+            raise SourceChanged(self._file.name)
         if block and self._progress:
             self._progress(len(block))
         return block

@@ -97,8 +97,7 @@ class RecordingBatch(WriteBatch):
         (size, digest, chunks) without a copy.
 
         One pass computes the whole-file hash and the chunk hashes of its
-        file manifest on two threads, reading through memory mappings
-        (ingest.hash_mapped);
+        file manifest on two threads (ingest.hash_once);
         the upload then starts in the background, with the machine to itself
         (hashing chunks during the upload competed with the server's own
         hashing for the two cores). A pipe or other non-regular file is copied
@@ -107,7 +106,7 @@ class RecordingBatch(WriteBatch):
         before = os.fstat(source.fileno())
         if not stat.S_ISREG(before.st_mode):
             return ingest._copy_to_temp(self, source, algorithm)
-        size, digest, chunks = ingest.hash_mapped(source, algorithm, path)
+        size, digest, chunks = ingest.hash_once(source, algorithm)
         key = (algorithm, digest)
         self._references.setdefault(key, os.path.abspath(path))
         self.recorded.setdefault(key, None)

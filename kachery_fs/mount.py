@@ -20,6 +20,7 @@ import threading
 import time
 
 from kachery_core.errors import KacheryError
+from kachery_core.process import raise_open_file_limit
 
 log = logging.getLogger("kachery.mount")
 
@@ -113,6 +114,7 @@ def serve(kachery, mountpoint, allow_other=False, debug=False):
     # the GIL only briefly when their call returns; with the default 5 ms
     # switch interval each such wake-up can queue behind a busy thread.
     sys.setswitchinterval(SWITCH_INTERVAL)
+    raise_open_file_limit()  # every open file of every reader holds a descriptor here
 
     def on_ready():  # called by the daemon once the kernel has connected
         ready.set()

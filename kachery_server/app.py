@@ -8,6 +8,8 @@ import sys
 
 from aiohttp import web
 
+from kachery_core.process import raise_open_file_limit
+
 from .handlers import ObjectService
 
 #: One line per request: client, time, request line, status, bytes sent,
@@ -95,6 +97,7 @@ def configure_logging():
 def run(app, host, port, ssl_context=None, banner="", grace=None):
     """Serve until SIGTERM/SIGINT, then give in-flight requests ``grace`` seconds."""
     grace = SHUTDOWN_GRACE if grace is None else grace
+    raise_open_file_limit()  # a descriptor per connection and per object being sent
     asyncio.run(_serve(app, host, port, ssl_context, banner, grace))
 
 

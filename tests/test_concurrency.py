@@ -112,12 +112,18 @@ def test_sigkill_mid_store_leaves_no_object(run_cli, storage_dir, random_300mb):
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the store finished before it could be killed"
     assert out == b""
-    # Nothing under a valid object name; the partial data only under <root>/tmp/.
+    # Nothing under a valid object name; the partial data only under <root>/tmp/
+    # (and the dead writer's lock in <root>/locks/, by which cleaners know it).
     assert list_objects(storage_dir, "sha1") == [] and list_objects(storage_dir, "md5") == []
     assert temp_files(storage_dir) != []
     for dirpath, _, filenames in os.walk(storage_dir):
         for name in filenames:
-            assert os.path.relpath(dirpath, storage_dir) == "tmp", os.path.join(dirpath, name)
+            assert os.path.relpath(dirpath, storage_dir) in ("tmp", "locks"), os.path.join(dirpath, name)
+    from kachery_core.store import LocalStore
+
+    left = len(temp_files(storage_dir))
+    assert LocalStore(storage_dir).remove_stale_temps() == left > 0
+    assert temp_files(storage_dir) == [] and os.listdir(os.path.join(storage_dir, "locks")) == []
 
     verify = run_cli("kachery", "verify", "--clean-temp")
     assert verify.returncode == 0, verify.stderr

@@ -172,3 +172,93 @@ def test_a_live_writers_temp_file_is_never_removed(tmp_path):
         writer.wait()
     assert LocalStore(tmp_path / "s").remove_stale_temps() == 1
     assert not os.path.exists(path)
+
+
+# ------------------------------------------ a source that changes underneath
+
+def _truncating(path, keep, stop):
+    """Truncate ``path`` to ``keep`` bytes and grow it back, over and over."""
+    import threading
+
+    full = path.read_bytes()
+
+    def loop():
+        while not stop.is_set():
+            with open(path, "r+b") as file:
+                file.truncate(keep)
+            time.sleep(0.002)
+            with open(path, "r+b") as file:
+                file.seek(keep)
+                file.write(full[keep:])
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_file_truncated_during_upload_only_is_changed_never_a_signal(servers, run_cli, tmp_path):
+    """Hashing read through mappings died of SIGBUS; a cut under a sendfile
+    upload waited 31 s for the server's timeout."""
+    import threading
+
+    size = 40 * 1024 * 1024
+    server = servers.kachery()
+    path = tmp_path / "moving.bin"
+    path.write_bytes(random.Random(9).randbytes(size))
+    env = {"KACHERY_STORAGE_DIR": str(tmp_path / "A"), "KACHERY_CONFIG": str(tmp_path / "none.toml"),
+           "KACHERY_REMOTE": server.url, "KACHERY_TOKEN": server.write_token}
+    outcomes = []
+    for _trial in range(3):
+        stop = threading.Event()
+        thread = _truncating(path, size // 3, stop)
+        started = time.monotonic()
+        try:
+            result = run_cli("kachery-store", "--upload-only", path, env=env, timeout=60)
+        finally:
+            stop.set()
+            thread.join()
+        elapsed = time.monotonic() - started
+        assert result.returncode >= 0, f"killed by signal {-result.returncode}"
+        if result.returncode:
+            assert_one_line_error(result, 6, "changed while it was being stored")
+            assert elapsed < 10, elapsed
+        outcomes.append(result.returncode)
+    assert any(outcomes), "the file never changed under the upload"
+    # nothing of a changing file was published on the server under a wrong name
+    from kachery_core.verify import verify_store
+    from kachery_core.store import LocalStore
+
+    assert verify_store(LocalStore(server.storage)).corrupt == []
+
+
+@needs_fuse
+@pytest.mark.fuse
+def test_a_mount_serves_3000_concurrent_opens(tmp_path, run_cli):
+    """The daemon raises its open-file limit: started with a soft limit of
+    1,024 (the usual default) it still serves 3,000 opens at once."""
+    import resource
+
+    storage = tmp_path / "store"
+    (tmp_path / "f.txt").write_bytes(b"opened many times")
+    env = {"KACHERY_STORAGE_DIR": str(storage), "KACHERY_CONFIG": str(tmp_path / "none.toml")}
+    url = run_cli("kachery-store", tmp_path / "f.txt", env=env, check=True).stdout.decode().strip()
+    digest = url.split("://")[1].split("/")[0]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 4000:
+        pytest.skip(f"hard open-file limit {hard} is below 4000")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # what the daemon inherits
+    try:
+        mount = Mount(tmp_path / "mnt", storage).start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    files = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4000), hard))
+        for _ in range(3000):
+            files.append(open(mount.path("sha1", digest), "rb"))
+        assert files[-1].read() == b"opened many times"
+    finally:
+        for file in files:
+            file.close()
+        mount.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

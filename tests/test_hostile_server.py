@@ -3,7 +3,6 @@ and floods of large bodies neither grow its memory nor stall other requests."""
 
 import json
 import socket
-import threading
 import time
 
 import pytest

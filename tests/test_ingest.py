@@ -1,6 +1,5 @@
 """Storing files and snapshots: single pass over the data, chunking, snapshots."""
 
-import errno
 import hashlib
 import io
 import logging
@@ -274,56 +273,19 @@ def test_threads_storing_large_files_at_once(store, tmp_path):
         assert all(c.sha1 == hashlib.sha1(blob[c.start:c.end]).hexdigest() for c in manifest.chunks)
 
 
-# ------------------------------------------------- hashing through mappings
+# ------------------------------------------- hashing without a copy (--upload-only)
 
-@pytest.mark.parametrize("size", [
-    ingest.CHUNK_SIZE + 1, 2 * ingest.CHUNK_SIZE, 3 * ingest.CHUNK_SIZE - 7, 5 * ingest.CHUNK_SIZE + 99])
+@pytest.mark.parametrize("size", [ingest.CHUNK_SIZE + 1, 3 * ingest.CHUNK_SIZE - 7])
 @pytest.mark.parametrize("algorithm", ["sha1", "md5"])
-def test_hash_mapped_matches_the_read_path(tmp_path, monkeypatch, size, algorithm):
-    monkeypatch.setattr(ingest, "MAP_WINDOW", 2 * ingest.CHUNK_SIZE)  # several windows, one partial
+def test_hash_once_gives_the_size_digest_and_chunks(tmp_path, size, algorithm):
     path = tmp_path / "big.bin"
     data = os.urandom(size)
     path.write_bytes(data)
     with open(path, "rb", buffering=0) as source:
-        mapped = ingest.hash_mapped(source, algorithm, str(path))
-    with open(path, "rb", buffering=0) as source:
-        read = ingest._copy_and_hash(source, None, algorithm)
-    assert mapped == read
-    assert mapped[:2] == (size, hashlib.new(algorithm, data).hexdigest())
+        got_size, digest, chunks = ingest.hash_once(source, algorithm)
+    assert (got_size, digest) == (size, hashlib.new(algorithm, data).hexdigest())
     if algorithm == "sha1":
-        assert [(c.start, c.end) for c in mapped[2]] == [
-            (start, min(start + ingest.CHUNK_SIZE, size)) for start in range(0, size, ingest.CHUNK_SIZE)]
-
-
-def test_hash_mapped_stops_when_the_file_shrinks(tmp_path, monkeypatch):
-    """The size is checked before each window is mapped (a truncated mapping
-    would end the process with SIGBUS)."""
-    monkeypatch.setattr(ingest, "MAP_WINDOW", ingest.CHUNK_SIZE)
-    path = tmp_path / "big.bin"
-    path.write_bytes(os.urandom(3 * ingest.CHUNK_SIZE))
-    real_fstat, calls = os.fstat, []
-
-    def shrinking_fstat(fd):
-        result = real_fstat(fd)
-        calls.append(fd)
-        if len(calls) < 3:
-            return result
-        return os.stat_result((*result[:6], ingest.CHUNK_SIZE, *result[7:]))
-
-    monkeypatch.setattr(ingest.os, "fstat", shrinking_fstat)
-    with open(path, "rb", buffering=0) as source, pytest.raises(OSError, match="changed while"):
-        ingest.hash_mapped(source, "sha1", str(path))
-
-
-def test_hash_mapped_reads_a_file_that_cannot_be_mapped(tmp_path, monkeypatch):
-    path = tmp_path / "big.bin"
-    data = os.urandom(2 * ingest.CHUNK_SIZE + 5)
-    path.write_bytes(data)
-
-    def no_mapping(*args, **kwargs):
-        raise OSError(errno.ENODEV, "No such device")
-
-    monkeypatch.setattr(ingest.mmap, "mmap", no_mapping)
-    with open(path, "rb", buffering=0) as source:
-        size, digest, chunks = ingest.hash_mapped(source, "sha1", str(path))
-    assert (size, digest, len(chunks)) == (len(data), hashlib.sha1(data).hexdigest(), 3)
+        assert [(c.start, c.end, c.sha1) for c in chunks] == [
+            (start, min(start + ingest.CHUNK_SIZE, size),
+             hashlib.sha1(data[start:start + ingest.CHUNK_SIZE]).hexdigest())
+            for start in range(0, size, ingest.CHUNK_SIZE)]
