@@ -262,3 +262,30 @@ def test_a_mount_serves_3000_concurrent_opens(tmp_path, run_cli):
             file.close()
         mount.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_file_manifest_with_a_huge_chunk_is_invalid():
+    import json
+
+    from kachery_core.errors import InvalidManifest
+    from kachery_core.manifest import parse_file_manifest
+
+    size = 512 * 1024 * 1024
+    document = {"size": size, "sha1": "a" * 40, "chunks": [{"start": 0, "end": size, "sha1": "b" * 40}]}
+    with pytest.raises(InvalidManifest, match="over the 64 MiB"):
+        parse_file_manifest(json.dumps(document).encode())
+
+
+def test_a_load_removes_partial_copies_of_killed_loads_beside_its_destination(run_cli, tmp_path):
+    import subprocess
+
+    (tmp_path / "f.txt").write_bytes(b"loaded")
+    env = {"KACHERY_STORAGE_DIR": str(tmp_path / "s"), "KACHERY_CONFIG": str(tmp_path / "none.toml")}
+    url = run_cli("kachery-store", tmp_path / "f.txt", env=env, check=True).stdout.decode().strip()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a PID that is gone
+    stale = tmp_path / f".out.txt.kachery-partial-{dead.pid}"
+    stale.write_bytes(b"x" * 1000)
+    run_cli("kachery-load", url, "--dest", tmp_path / "out.txt", env=env, check=True)
+    assert (tmp_path / "out.txt").read_bytes() == b"loaded"
+    assert not stale.exists()
