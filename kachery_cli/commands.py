@@ -261,16 +261,37 @@ def cat_command(url, start, end, storage_dir, remotes):
     end = target.size if end is None else min(end, target.size)
     sys.stdout.flush()
     try:
-        if kachery.store.has(target.algorithm, target.digest) or not target.manifest:
-            path = kachery.file_path(target)
-            _send_file(path, start, end, sys.stdout.fileno())
-        else:
-            for block in kachery.iter_bytes(target, start, end):
-                sys.stdout.buffer.write(block)
+        for block in _cat_blocks(kachery, target, start, end):
+            sys.stdout.buffer.write(block)
     except BrokenPipeError:
         # The reader went away (`kachery-cat URL | head`): not an error. Handled
         # here because click turns an EPIPE that leaves the command into exit 1.
         silence_stdout()
+
+
+def _cat_blocks(kachery, target, start, end):
+    """The blocks kachery-cat writes; a whole file is hashed as it streams and
+    its last block held back until it matches (exit 3 otherwise): a copy in
+    the store may have rotted, and the chunks of a file manifest may each be
+    right while their whole is not the file the URL names. Cached copies are
+    verified when the process first finds them (cache.py), so they, and byte
+    ranges, are sent as they are."""
+    from kachery_core.hashing import file_blocks, verified_blocks
+
+    whole = start == 0 and end == target.size
+    in_store = kachery.store.has(target.algorithm, target.digest)
+    if in_store or not target.manifest:
+        path = kachery.file_path(target)
+        if not (whole and in_store):
+            _send_file(path, start, end, sys.stdout.fileno())
+            return iter(())
+        blocks = file_blocks(path)
+    else:
+        blocks = kachery.iter_bytes(target, start, end)
+    if not whole:
+        return blocks
+    return verified_blocks(blocks, target.algorithm, target.digest,
+                           f"{target.algorithm}://{target.digest}")
 
 
 def _send_file(path, start, end, out_fd):

@@ -5,9 +5,11 @@ import os
 import shutil
 
 from .client import FileTarget
+from .errors import HashMismatch
 from .fetching import SMALL_MAX
 from .manifest import DirEntry
 from .store import pid_alive
+from .verify import hash_file
 
 #: Loading a snapshot, the small files fetched ahead of the one being written ...
 AHEAD_FILES = 64
@@ -16,8 +18,16 @@ AHEAD_BYTES = 32 * 1024 * 1024
 
 
 def export_file(kachery, target, dest):
-    """Copy a FileTarget's bytes to ``dest`` atomically (temp name, then rename)."""
+    """Copy a FileTarget's bytes to ``dest`` atomically (temp name, then rename).
+
+    An object of the store is hashed first (HashMismatch, nothing at ``dest``):
+    it may have rotted since it was stored. Cached and downloaded objects were
+    verified by this process already (cache.py)."""
     source = kachery.file_path(target)
+    if kachery.store.has(target.algorithm, target.digest):
+        got = hash_file(source, target.algorithm)
+        if got != target.digest:
+            raise HashMismatch(target.digest, got, f"stored object {source}")
     partial = _partial_name(dest)
     try:
         # Create the temp name ourselves (O_EXCL): opening it plainly would

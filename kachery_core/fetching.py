@@ -76,6 +76,11 @@ class Fetcher:
         self._fresh_bytes = 0
         self._room = threading.Condition(self._lock)  # signalled as fresh bytes are written
         self._assemblies = {}  # target digest -> Assembly (written by the writer thread only)
+        #: digest -> HashMismatch of files whose chunks all verified but whose
+        #: whole did not: nothing more is served from them (see read()).
+        self._refuted = {}
+        self._fetched = {}  # target digest -> chunks fetched by this Fetcher
+        self._all_fetched = set()  # digests whose last chunk arrived: their next read settles them
         self._unwritten = 0  # bytes handed to the writer and not yet in the cache
         self.stats = stats or Stats()
         # A command or script that read part of a large file leaves an
@@ -305,6 +310,7 @@ class Fetcher:
         (bytes, or a read-only memoryview of them)."""
         log.debug("read %s://%s offset %d size %d", target.algorithm, target.digest, offset, size)
         end = min(offset + size, target.size)
+        self.raise_if_refuted(target)
         if offset >= end:
             return b""
         first, last = manifest.chunk_range(offset, end)
@@ -312,7 +318,28 @@ class Fetcher:
         self._read_ahead(target, manifest, offset, end, last)
         pieces = [self._slice(target, manifest, index, future, offset, end)
                   for index, future in zip(range(first, last), futures)]
+        if end == target.size or target.digest in self._all_fetched:
+            # The read that reaches the end, and the first after the last chunk
+            # arrived, wait for the file's assembly (the writer joins and
+            # hashes the whole as chunks arrive): a file whose whole fails its
+            # hash is refused by the read that completes it at the latest.
+            self.flush()
+            self._all_fetched.discard(target.digest)
+            self.raise_if_refuted(target)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def raise_if_refuted(self, target):
+        """Raise HashMismatch when ``target``'s chunks verified but their whole did not."""
+        error = self._refuted.get(target.digest)
+        if error is not None:
+            raise error
+
+    def _refute(self, target, got):
+        self.stats.add("verification_failures")
+        log.info("assembled %s://%s has hash %s: refused", target.algorithm, target.digest, got)
+        with self._lock:
+            self._refuted[target.digest] = HashMismatch(
+                target.digest, got, f"{target.algorithm}://{target.digest} (its chunks were each right)")
 
     def _chunk_future(self, target, manifest, index):
         chunk = manifest.chunks[index]
@@ -350,6 +377,10 @@ class Fetcher:
         log.debug("fetched %s://%s bytes %d-%d (chunk %d) in %.3f s", target.algorithm,
                   target.digest, chunk.start, chunk.end, index, time.monotonic() - started)
         self.stats.add("bytes_fetched", len(data))
+        with self._lock:
+            self._fetched[target.digest] = count = self._fetched.get(target.digest, 0) + 1
+            if count == len(manifest.chunks):
+                self._all_fetched.add(target.digest)
         self._hold_fresh(chunk.sha1, data)
         self._writer.submit(self._persist_chunk, target, manifest, index, data)
 
@@ -480,9 +511,7 @@ class Fetcher:
         target = assembly.target
         got = assembly.hexdigest()
         if got != target.digest:
-            self.stats.add("verification_failures")
-            log.warning("assembled %s://%s has hash %s: dropped", target.algorithm,
-                        target.digest, got)
+            self._refute(target, got)
             self._drop_assembly(assembly)
             return
         self.cache.publish_reserved(assembly.temp_path, target.algorithm, target.digest)
@@ -534,8 +563,8 @@ class Fetcher:
         os.close(fd)
         if got != target.digest:
             os.unlink(temp_path)
-            self.stats.add("verification_failures")
-            raise HashMismatch(target.digest, got, "assembled file")
+            self._refute(target, got)
+            raise self._refuted[target.digest]
         self.cache.publish(temp_path, target.algorithm, target.digest)
         for chunk in manifest.chunks:
             self.cache.discard("sha1", chunk.sha1)

@@ -6,6 +6,7 @@ joined into a file-system path.
 """
 
 import hashlib
+import os
 import re
 
 from .errors import InvalidHash
@@ -45,3 +46,37 @@ def digest_bytes(algorithm, data):
     hasher = new_hasher(algorithm)
     hasher.update(data)
     return hasher.hexdigest()
+
+
+def verified_blocks(blocks, algorithm, digest, what):
+    """Yield ``blocks`` (an iterable of bytes-like) while hashing them; the
+    last one only once the whole hashes to ``digest``, else raise
+    HashMismatch instead: a consumer that writes as it goes never writes the
+    end of wrong content (and a copy to a file is never completed)."""
+    from .errors import HashMismatch
+
+    hasher = new_hasher(algorithm)
+    held = None
+    for block in blocks:
+        hasher.update(block)
+        if held is not None:
+            yield held
+        held = block
+    got = hasher.hexdigest()
+    if got != digest:
+        raise HashMismatch(digest, got, what)
+    if held is not None:
+        yield held
+
+
+def file_blocks(path, start=0, end=None, block_size=1 << 20):
+    """Yield the bytes [start, end) of a file in blocks."""
+    with open(path, "rb", buffering=0) as file:
+        position = start
+        while end is None or position < end:
+            block = os.pread(file.fileno(), block_size if end is None else min(block_size, end - position),
+                             position)
+            if not block:
+                return
+            position += len(block)
+            yield block

@@ -107,6 +107,10 @@ def open_reader(kachery, target):
     local = kachery.find_local(target.algorithm, target.digest)
     if local is None and kachery.fetcher is not None:
         if target.manifest:
+            # A file whose whole failed its hash is refused at every open (an
+            # open always reaches the daemon; its pages may still be in the
+            # kernel's cache from the reads before the failure).
+            kachery.fetcher.raise_if_refuted(target)
             return ChunkedReader(kachery.fetcher, target, kachery.trusted_manifest(target))
         if target.size <= SMALL_MAX:
             return MemoryReader(kachery.small_file_bytes(target))

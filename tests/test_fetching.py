@@ -125,20 +125,23 @@ def _bytes_on_disk(root):
     return total
 
 
-def test_cached_objects_from_before_a_reboot_are_rehashed(tmp_path):
-    cache = CacheArea(tmp_path / "storage")
-    good, bad = b"good bytes", b"torn by a crash"
-    good_digest, bad_digest = (hashlib.sha1(data).hexdigest() for data in (good, bad))
-    for data, digest in ((good, good_digest), (bad, bad_digest)):
-        cache.put(data, "sha1", digest)
-    with open(cache.object_path("sha1", bad_digest), "wb") as file:
-        file.write(b"\0" * len(bad))  # what a crash before writeback can leave
-    assert cache.has("sha1", bad_digest)  # written in this boot: trusted as is
-    for digest in (good_digest, bad_digest):
-        os.utime(cache.object_path("sha1", digest), (0, 0))  # "before the last boot"
-    assert cache.find("sha1", good_digest) == cache.object_path("sha1", good_digest)
-    assert cache.find("sha1", bad_digest) is None
-    assert not os.path.exists(cache.object_path("sha1", bad_digest))
+def test_a_cached_object_is_verified_before_a_process_first_serves_it(tmp_path):
+    """Corruption at rest (a flipped bit, a truncation, a crash before
+    writeback) is found by the next process that uses the object."""
+    writer = CacheArea(tmp_path / "storage")
+    good, flipped, cut = b"good bytes", b"a bit will flip", b"this will be cut short"
+    digests = {data: hashlib.sha1(data).hexdigest() for data in (good, flipped, cut)}
+    for data, digest in digests.items():
+        writer.put(data, "sha1", digest)
+    with open(writer.object_path("sha1", digests[flipped]), "r+b") as file:
+        file.write(b"A")
+    os.truncate(writer.object_path("sha1", digests[cut]), 5)
+    assert writer.has("sha1", digests[flipped])  # the process that verified it trusts it
+    reader = CacheArea(tmp_path / "storage")  # another process
+    assert reader.find("sha1", digests[good]) == reader.object_path("sha1", digests[good])
+    for damaged in (flipped, cut):
+        assert reader.find("sha1", digests[damaged]) is None
+        assert not os.path.exists(reader.object_path("sha1", digests[damaged]))
 
 
 def test_cache_without_quota_never_walks_itself_for_reads_and_writes(tmp_path, monkeypatch):

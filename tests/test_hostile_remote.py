@@ -289,3 +289,76 @@ def test_a_load_removes_partial_copies_of_killed_loads_beside_its_destination(ru
     run_cli("kachery-load", url, "--dest", tmp_path / "out.txt", env=env, check=True)
     assert (tmp_path / "out.txt").read_bytes() == b"loaded"
     assert not stale.exists()
+
+
+# ------------------------------- chunks that verify, a whole that does not
+
+@pytest.fixture
+def lying_manifest(servers, tmp_path):
+    """A server holding a file manifest that claims the hash of Y while its
+    chunks (each correct) are those of X; returns (server, URL)."""
+    from kachery_core.manifest import Chunk, FileManifest
+    from server_helpers import put_local
+
+    step = 4 * 1024 * 1024
+    x = random.Random(11).randbytes(2 * step + 1000)
+    y = random.Random(12).randbytes(len(x))
+    storage = tmp_path / "server-storage"
+    chunks = []
+    for start in range(0, len(x), step):
+        piece = x[start:start + step]
+        chunks.append(Chunk(start, start + len(piece), put_local(storage, piece)))
+    manifest = FileManifest(len(y), hashlib.sha1(y).hexdigest(), tuple(chunks)).to_bytes()
+    lie = storage / object_rel(hashlib.sha1(y).hexdigest())  # Range reads of "Y" give X's chunks
+    lie.parent.mkdir(parents=True, exist_ok=True)
+    lie.write_bytes(x)
+    server = servers.kachery(storage=storage)
+    return server, f"sha1://{hashlib.sha1(y).hexdigest()}/y.bin?manifest={put_local(storage, manifest)}"
+
+
+def test_kachery_cat_of_a_whole_that_fails_its_hash_exits_3(run_cli, client_env, lying_manifest):
+    server, url = lying_manifest
+    result = run_cli("kachery-cat", url, "--remote", server.url, env=client_env)
+    assert_one_line_error(result, 3, "corrupt")
+    assert len(result.stdout) < 2 * 4 * 1024 * 1024 + 1000  # the end of it was never written
+
+
+def test_kachery_load_of_a_whole_that_fails_its_hash_writes_nothing(run_cli, client_env, lying_manifest,
+                                                                     tmp_path):
+    server, url = lying_manifest
+    dest = tmp_path / "out.bin"
+    result = run_cli("kachery-load", url, "--dest", dest, "--remote", server.url, env=client_env)
+    assert_one_line_error(result, 3, "corrupt")
+    assert not dest.exists()
+    assert not [name for name in os.listdir(tmp_path) if "kachery-partial" in name]
+
+
+@needs_fuse
+@pytest.mark.fuse
+def test_a_mount_refuses_a_whole_that_fails_its_hash(tmp_path, lying_manifest):
+    server, url = lying_manifest
+    digest = url.split("://")[1].split("/")[0]
+    snapshot_dir = tmp_path / "tree"
+    with Mount(tmp_path / "mnt", tmp_path / "client", ["--remote", server.url]) as mount:
+        path = mount.path("sha1", digest)  # no manifest in a sha1/ path: use the snapshot route
+        del path
+        import json
+
+        from kachery_core.manifest import parse_file_manifest  # noqa: F401
+        from server_helpers import put_local
+
+        manifest_digest = url.split("manifest=")[1]
+        size = 2 * 4 * 1024 * 1024 + 1000
+        listing = {"files": {"y.bin": {"size": size, "sha1": digest, "manifest": manifest_digest}},
+                   "dirs": {}}
+        snapshot = put_local(server.storage, json.dumps(listing).encode())
+        with pytest.raises(OSError) as raised:
+            with open(mount.path("sha1dir", snapshot, "y.bin"), "rb") as file:
+                while file.read(1 << 20):
+                    pass
+        assert raised.value.errno == errno.EIO
+        # and nothing of it is served any more, not even from the kernel's cache
+        with pytest.raises(OSError):
+            with open(mount.path("sha1dir", snapshot, "y.bin"), "rb") as file:
+                file.read(4096)
+    del snapshot_dir
