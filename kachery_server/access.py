@@ -3,7 +3,8 @@
 The file is TOML (default ``$KACHERY_SERVER_CONFIG`` or
 ``~/.config/kachery/server.toml``)::
 
-    storage_dir = "/data/kachery-storage"
+    storage = "/data/kachery-storage"   # or "s3://BUCKET/PREFIX" (storage_dir: same)
+    s3_proxy = false         # true: bucket reads stream through the server
     host = "0.0.0.0"
     port = 8080
     private = false          # true: reads need a token with read permission
@@ -57,7 +58,8 @@ class Token:
 class ServerSettings:
     """Everything the file can set; command-line options override it."""
 
-    storage_dir: str | None = None
+    storage_dir: str | None = None  # a directory or s3://BUCKET/PREFIX
+    s3_proxy: bool = False
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     private: bool = False
@@ -149,7 +151,8 @@ def load_settings(path):
     data = _read_toml(path)
     try:
         return ServerSettings(
-            storage_dir=data.get("storage_dir"),
+            storage_dir=data.get("storage", data.get("storage_dir")),
+            s3_proxy=bool(data.get("s3_proxy", False)),
             host=str(data.get("host", "127.0.0.1")),
             port=int(data.get("port", DEFAULT_PORT)),
             private=bool(data.get("private", False)),

@@ -63,11 +63,11 @@ class InFlight:
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
-def make_app(store, access, max_upload):
-    """The aiohttp Application serving ``store`` (a kachery_core LocalStore)."""
+def make_app(storage, access, max_upload):
+    """The aiohttp Application serving ``storage`` (storage.py)."""
     in_flight = InFlight()
     app = web.Application(client_max_size=MAX_JSON_BODY, middlewares=[in_flight.middleware])
-    app.add_routes(ObjectService(store, access, max_upload).routes())
+    app.add_routes(ObjectService(storage, access, max_upload).routes())
     app[IN_FLIGHT] = in_flight
     return app
 

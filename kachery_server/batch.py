@@ -69,7 +69,7 @@ def parse_header(line):
     return parts[0], parts[1].lower(), int(parts[2])
 
 
-def write_verified(store, items):
+def write_verified(storage, items):
     """Verify every object, write the new ones to temp files.
 
     Returns ([(temp_path, algorithm, digest)], number already present);
@@ -81,10 +81,10 @@ def write_verified(store, items):
             got = digest_bytes(algorithm, data)
             if got != digest:
                 raise BadBatch(f"digest mismatch: header says {digest}, bytes are {got}")
-            if store.has(algorithm, digest):
+            if storage.size(algorithm, digest) is not None:
                 present += 1
                 continue
-            written.append((_write_temp(store, data), algorithm, digest))
+            written.append((_write_temp(storage, data), algorithm, digest))
     except BaseException:
         for temp_path, _, _ in written:
             os.unlink(temp_path)
@@ -92,8 +92,8 @@ def write_verified(store, items):
     return written, present
 
 
-def _write_temp(store, data):
-    fd, path = store.create_temp()
+def _write_temp(storage, data):
+    fd, path = storage.create_temp()
     try:
         view = memoryview(data)
         while view:
@@ -103,38 +103,32 @@ def _write_temp(store, data):
     return path
 
 
-async def receive_batch(request, store, committer, slots):
+async def receive_batch(request, storage, publish_many, slots):
     """Handle the body of POST /api/upload (access and length already checked).
 
-    ``slots`` (an asyncio.Semaphore of CONCURRENT_BATCHES) bounds the memory
-    that batches being received may hold.
+    ``publish_many`` publishes verified temp files (storage.py); ``slots`` (an
+    asyncio.Semaphore of CONCURRENT_BATCHES) bounds the memory that batches
+    being received may hold.
     """
     try:
         async with slots:
             items = await read_batch(request.content)
-            written, present = await asyncio.to_thread(write_verified, store, items)
+            written, present = await asyncio.to_thread(write_verified, storage, items)
     except BadBatch as error:
         raise web.HTTPBadRequest(text=f"{error}\n") from None
-    created = await committer.publish_many(written)
+    created = await publish_many(written)
     stored = sum(1 for flag in created if flag)
     return web.json_response({"stored": stored, "present": present + len(created) - stored})
 
 
-def gather(store, wanted):
+def gather(storage, wanted):
     """The answer to POST /api/download for ``wanted`` ({alg: [digests]}): bytes."""
     parts, total = [], 0
     for algorithm, digests in wanted.items():
         for digest in digests:
-            try:
-                with open(store.object_path(algorithm, digest), "rb") as file:
-                    size = os.fstat(file.fileno()).st_size
-                    if size > MAX_OBJECT or total + size > MAX_BODY:
-                        continue
-                    data = file.read(size + 1)
-            except OSError:  # absent or unreadable: the client's GET reports it
+            data = storage.read_small(algorithm, digest, min(MAX_OBJECT, MAX_BODY - total))
+            if data is None:  # absent, too large or unreadable: left to a GET
                 continue
-            if len(data) != size:  # changed while being read: leave it to a GET
-                continue
-            parts += [f"{algorithm} {digest} {size}\n".encode("ascii"), data]
-            total += size
+            parts += [f"{algorithm} {digest} {len(data)}\n".encode("ascii"), data]
+            total += len(data)
     return b"".join(parts)

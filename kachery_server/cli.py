@@ -1,7 +1,8 @@
 """The ``kachery-server`` command.
 
-    kachery-server [--storage DIR] [--host H] [--port P] [--config FILE]
-                   [--tls-cert F --tls-key F] [--max-upload SIZE] [--private]
+    kachery-server [--storage DIR|s3://BUCKET/PREFIX] [--s3-proxy] [--host H] [--port P]
+                   [--config FILE] [--tls-cert F --tls-key F] [--max-upload SIZE] [--private]
+    kachery-server verify [--quarantine] [--storage ...]
     kachery-server token add NAME [--write] [--config FILE]
     kachery-server token remove NAME [--config FILE]
     kachery-server token list [--config FILE]
@@ -20,7 +21,10 @@ _config_option = click.option(
 
 
 @click.group(invoke_without_command=True)
-@click.option("--storage", type=click.Path(file_okay=False), help="Storage directory to serve.")
+@click.option("--storage", "--storage-dir", "storage",
+              help="Storage directory or s3://BUCKET/PREFIX to serve (AWS_* settings apply).")
+@click.option("--s3-proxy", is_flag=True, default=None,
+              help="Stream bucket reads through the server instead of redirecting to the bucket.")
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port (default 8080; 0 picks a free one).")
 @_config_option
@@ -37,25 +41,59 @@ def server_main(ctx, **options):
         run_reporting_errors(_serve, **options)
 
 
-def _serve(storage, host, port, config_path, tls_cert, tls_key, max_upload, private, shutdown_grace):
-    from kachery_core.store import LocalStore
+def _storage(location, settings, proxy=None):
+    from .storage import open_storage
 
+    location = location or settings.storage_dir or load_config().storage_dir
+    return open_storage(location, proxy=settings.s3_proxy if proxy is None else proxy)
+
+
+def _serve(storage, s3_proxy, host, port, config_path, tls_cert, tls_key, max_upload, private,
+           shutdown_grace):
     from .app import configure_logging, make_app, run, tls_context
 
     config_path = config_path or access.default_config_path()
     settings = access.load_settings(config_path)
-    root = storage or settings.storage_dir or load_config().storage_dir
-    store = LocalStore(root)
-    store.remove_stale_temps()
+    storage = _storage(storage, settings, s3_proxy)
     limit = parse_size(max_upload) if max_upload else settings.max_upload
     private = settings.private if private is None else private
     rules = access.Access(settings.tokens, private=private, config_path=config_path)
     context = tls_context(tls_cert or settings.tls_cert, tls_key or settings.tls_key)
     configure_logging()
     reads = "reads need a token" if private else "public reads"
-    banner = f"serving {store.root} ({reads}, {len(settings.tokens)} tokens)"
-    run(make_app(store, rules, limit), host or settings.host,
+    banner = f"serving {storage.describe()} ({reads}, {len(settings.tokens)} tokens)"
+    run(make_app(storage, rules, limit), host or settings.host,
         settings.port if port is None else port, context, banner, shutdown_grace)
+
+
+@server_main.command("verify")
+@click.option("--storage", "--storage-dir", "storage", help="Storage directory or s3://BUCKET/PREFIX.")
+@click.option("--quarantine", is_flag=True,
+              help="Move corrupt objects to quarantine/ (a later upload puts the right bytes back).")
+@_config_option
+def verify(storage, quarantine, config_path):
+    """Re-hash every object the server stores; report corrupt ones (exit 3 if any)."""
+    import sys
+
+    from kachery_cli.exit_codes import ExitStatus
+
+    from .storage import verify_storage
+
+    def body():
+        settings = access.load_settings(config_path or access.default_config_path())
+        target = _storage(storage, settings)
+
+        def report(algorithm, digest, got, where):
+            moved = f" -> {where}" if where else ""
+            click.echo(f"CORRUPT {algorithm}://{digest} (content hashes to {got}){moved}")
+
+        checked, total, corrupt = verify_storage(target, quarantine, report)
+        click.echo(f"{target.describe()}: checked {checked} object(s), {total} bytes, "
+                   f"{corrupt} corrupt" + (f", {corrupt} quarantined" if quarantine else ""), err=True)
+        if corrupt:
+            sys.exit(ExitStatus.CORRUPT)
+
+    run_reporting_errors(body)
 
 
 @server_main.group()

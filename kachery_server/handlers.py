@@ -19,7 +19,6 @@ from aiohttp import hdrs, web
 from kachery_core.hashing import DIGEST_LENGTHS, is_valid_hash
 
 from . import batch
-from .commit import GroupCommitter
 from .limits import JsonBodies
 from .ranges import UNSATISFIABLE, parse_range
 from .receive import TempUpload
@@ -36,13 +35,13 @@ def _error(status_class, message):
 
 
 class ObjectService:
-    """Serves one LocalStore under the access rules and upload limit given."""
+    """Serves one storage (storage.py: a directory or a bucket) under the
+    access rules and upload limit given."""
 
-    def __init__(self, store, access, max_upload):
-        self.store = store
+    def __init__(self, storage, access, max_upload):
+        self.storage = storage
         self.access = access
         self.max_upload = max_upload
-        self.committer = GroupCommitter(store)
         self.batch_slots = asyncio.Semaphore(batch.CONCURRENT_BATCHES)
         self.json_bodies = JsonBodies()
 
@@ -81,20 +80,52 @@ class ObjectService:
     async def get_object(self, request):
         algorithm, digest = self.object_id(request)
         self.authorize(request, write=False)
+        path = self.storage.local_path(algorithm, digest)
+        if path is None:
+            return await self._bucket_object(request, algorithm, digest)
         try:
-            file = open(self.store.object_path(algorithm, digest), "rb")
+            file = open(path, "rb")
         except FileNotFoundError:
             raise _error(web.HTTPNotFound, f"no object {algorithm}://{digest}") from None
         with file:
             return await send_object(request, file, digest)
+
+    async def _bucket_object(self, request, algorithm, digest):
+        """GET/HEAD of an object in a bucket: a redirect to a presigned URL of
+        it (the bytes flow from the object store), or with ``--s3-proxy`` the
+        bytes streamed through this server. HEAD is answered here (a presigned
+        URL is good for one method only)."""
+        size = await self._backend(self.storage.size, algorithm, digest)
+        if size is None:
+            raise _error(web.HTTPNotFound, f"no object {algorithm}://{digest}")
+        if request.method == "GET" and not self.storage.proxy and not _not_modified(request, digest):
+            location = self.storage.bucket.presigned_get(algorithm, digest)
+            # Not immutable: the presigned URL expires.
+            raise web.HTTPTemporaryRedirect(location, headers={
+                hdrs.CACHE_CONTROL: "private, max-age=60", hdrs.ETAG: f'"{digest}"'})
+        bucket = self.storage.bucket
+
+        async def stream(response, start, end):
+            await _stream_from(response, bucket, algorithm, digest, start, end)
+
+        return await send_object(request, None, digest, size, stream)
+
+    async def _backend(self, call, *args):
+        """``call(*args)`` on a thread; a storage that cannot be reached is 503 (clients retry)."""
+        from kachery_core.errors import KacheryError
+
+        try:
+            return await asyncio.to_thread(call, *args)
+        except KacheryError as error:
+            raise _error(web.HTTPServiceUnavailable, f"storage unavailable: {error}") from None
 
     # ---------------------------------------------------------------- PUT
 
     async def expect_upload(self, request):
         """Refuse a doomed upload before the client sends its body (Expect: 100-continue)."""
         algorithm, digest = self.object_id(request)
-        self.check_upload(request)
-        if self.store.has(algorithm, digest):
+        length = self.check_upload(request)
+        if await self._backend(self.storage.check_present, algorithm, digest, length):
             return web.Response(status=200, text="already present\n")
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return None
@@ -115,24 +146,34 @@ class ObjectService:
     async def put_object(self, request):
         algorithm, digest = self.object_id(request)
         length = self.check_upload(request)
-        if self.store.has(algorithm, digest):
+        if await self._backend(self.storage.check_present, algorithm, digest, length):
             await _drain(request)  # keep the connection usable for the next request
             return web.Response(status=200, text="already present\n")
-        temp_path = await receive_object(request, self.store, algorithm, digest, length)
-        created = await self.committer.publish(temp_path, algorithm, digest)
+        temp_path = await receive_object(request, self.storage, algorithm, digest, length)
+        created = (await self._publish([(temp_path, algorithm, digest)]))[0]
         return web.Response(status=201 if created else 200,
                             text="stored\n" if created else "already present\n")
 
     async def upload_batch(self, request):
         self.check_upload(request, limit=batch.MAX_BODY)
-        return await batch.receive_batch(request, self.store, self.committer, self.batch_slots)
+        return await batch.receive_batch(request, self.storage, self._publish, self.batch_slots)
+
+    async def _publish(self, items):
+        """Publish verified temp files; a storage failure is 503 (nothing published
+        under a wrong name either way)."""
+        from kachery_core.errors import KacheryError
+
+        try:
+            return await self.storage.publish_many(items)
+        except KacheryError as error:
+            raise _error(web.HTTPServiceUnavailable, f"storage unavailable: {error}") from None
 
     # ------------------------------------------------------------ api/has
 
     async def has_objects(self, request):
         self.authorize(request, write=False)
         wanted = await self._hash_lists(request)
-        present = await asyncio.to_thread(self._present, wanted)
+        present = await self._backend(self.storage.present, wanted)
         return web.json_response(present)
 
     async def download_batch(self, request):
@@ -144,7 +185,7 @@ class ObjectService:
         # The slot is held until the answer is sent: it bounds the memory
         # that answers waiting for slow readers can hold.
         async with self.batch_slots:
-            body = await asyncio.to_thread(batch.gather, self.store, wanted)
+            body = await self._backend(batch.gather, self.storage, wanted)
             response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: batch.CONTENT_TYPE})
             response.content_length = len(body)
             await response.prepare(request)
@@ -156,13 +197,14 @@ class ObjectService:
         """The body's {"sha1": [...], "md5": [...]}, bounded and parsed off the loop."""
         return await asyncio.to_thread(_parse_hash_lists, await self.json_bodies.read(request))
 
-    def _present(self, wanted):
-        return {alg: [d for d in digests if self.store.has(alg, d)] for alg, digests in wanted.items()}
 
+async def send_object(request, file, digest, size=None, stream=None):
+    """Answer GET/HEAD for an object: full, one range or 416.
 
-async def send_object(request, file, digest):
-    """Answer GET/HEAD for an open object file: full, one range (sendfile) or 416."""
-    size = _file_size(file)
+    The bytes come from the open ``file`` (sendfile), or when it is None from
+    ``await stream(start, end)`` writing them to the response.
+    """
+    size = _file_size(file) if size is None else size
     headers = {hdrs.ACCEPT_RANGES: "bytes", hdrs.ETAG: f'"{digest}"', hdrs.CACHE_CONTROL: IMMUTABLE}
     if _not_modified(request, digest):
         return web.Response(status=304, headers=headers)
@@ -179,9 +221,22 @@ async def send_object(request, file, digest):
     response.content_length = end - start
     await response.prepare(request)
     if request.method != "HEAD" and end > start:
-        await _sendfile(request, file, start, end - start)
+        if file is not None:
+            await _sendfile(request, file, start, end - start)
+        else:
+            await stream(response, start, end)
     await response.write_eof()
     return response
+
+
+async def _stream_from(response, bucket, algorithm, digest, start, end):
+    """Write bytes [start, end) of a bucket object to ``response``."""
+    _, body = await asyncio.to_thread(bucket.open, algorithm, digest, start, end)
+    try:
+        while block := await asyncio.to_thread(body.read, RECEIVE_BLOCK):
+            await response.write(block)
+    finally:
+        body.close()
 
 
 async def _sendfile(request, file, offset, count):
@@ -202,13 +257,13 @@ def _not_modified(request, digest):
     return tags.strip() == "*" or f'"{digest}"' in tags
 
 
-async def receive_object(request, store, algorithm, digest, length):
+async def receive_object(request, storage, algorithm, digest, length):
     """Stream the body into a temp file and verify it; return the temp file's path.
 
     Raises 400 on a short body or a digest mismatch. On any failure (including
     cancellation at server shutdown) the temp file is removed: nothing is kept.
     """
-    upload = TempUpload(store, algorithm)
+    upload = TempUpload(storage, algorithm)
     try:
         await _fill(request, upload)
         if upload.size != length:

@@ -114,6 +114,8 @@ def _wait_until_answering(url, timeout=10, verify=True):
         try:
             requests.get(f"{url}/sha1/00/00/00/{'0' * 40}", timeout=1, verify=verify)
             return
+        except requests.ReadTimeout:  # it accepted the connection: it is listening
+            return
         except requests.ConnectionError:
             time.sleep(0.02)
     raise RuntimeError(f"{url} does not answer")
