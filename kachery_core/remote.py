@@ -118,6 +118,7 @@ class RemoteSet:
         self.progress = None
         self._direct = {}  # remote url -> urllib3.PoolManager, or None when a proxy applies
         self._no_download_api = set()  # urls of remotes without POST /api/download
+        self._buckets = {}  # url -> BucketRemote, for s3:// remotes (bucket_remote.py)
 
     @classmethod
     def from_config(cls, config):
@@ -139,6 +140,17 @@ class RemoteSet:
             session.mount("https://", adapter)
             self._local.session = session
         return session
+
+    def _bucket(self, remote):
+        """The BucketRemote of an ``s3://`` remote, None for an HTTP one."""
+        if not remote.url.startswith("s3://"):
+            return None
+        with self._lock:
+            if remote.url not in self._buckets:
+                from .bucket_remote import BucketRemote
+
+                self._buckets[remote.url] = BucketRemote(remote.url, self.timeout)
+            return self._buckets[remote.url]
 
     def _live(self):
         """Remotes not recently found dead (all of them if every one is)."""
@@ -221,8 +233,17 @@ class RemoteSet:
         """
         outcome = _Outcome(f"{algorithm}://{digest}")
         for remote in self._live():
+            bucket = self._bucket(remote)
             try:
+                if bucket is not None:
+                    size = bucket.size(algorithm, digest)
+                    if size is not None:
+                        return size
+                    continue
                 response = self._send(remote, "HEAD", object_path(algorithm, digest))
+            except AccessDenied as error:
+                outcome.note(error)
+                continue
             except RemoteUnavailable as error:
                 outcome.unavailable.append(error)
                 continue
@@ -265,8 +286,14 @@ class RemoteSet:
 
     def _download_from(self, remote, algorithm, digest, store, progress):
         fd, temp_path = store.create_temp()
+        bucket = self._bucket(remote)
         try:
-            got = self._receive_resuming(remote, algorithm, digest, fd, progress, store.durable_writes)
+            if bucket is not None:
+                got = bucket.receive(algorithm, digest, fd, lambda readinto: self._pump_bucket(
+                    remote, readinto, fd, new_hasher(algorithm), progress, store.durable_writes))
+            else:
+                got = self._receive_resuming(remote, algorithm, digest, fd, progress,
+                                             store.durable_writes)
             if got != digest:
                 raise HashMismatch(digest, got, f"download from {remote.url}")
             if store.durable_writes:
@@ -280,6 +307,13 @@ class RemoteSet:
         if store.durable_writes:
             _fsync_parents(final, store.root)
         return final
+
+    def _pump_bucket(self, remote, readinto, fd, hasher, progress, early_writeback):
+        try:
+            return _pump(self._pace().paced(readinto), fd, hasher, progress,
+                         early_writeback=early_writeback)[0]
+        except _TransferFailed as error:
+            raise RemoteUnavailable(remote.url, f"transfer broke: {error}") from None
 
     def _receive_resuming(self, remote, algorithm, digest, fd, progress, early_writeback):
         """Receive an object's body into the empty file ``fd``; return its digest.
@@ -330,6 +364,17 @@ class RemoteSet:
 
     def _chunk_from(self, remote, target, chunk, what):
         path = object_path(target.algorithm, target.digest)
+        bucket = self._bucket(remote)
+        if bucket is not None:
+            data = _uninitialized(chunk.end - chunk.start)
+            try:
+                got = bucket.read_range(target.algorithm, target.digest, chunk.start, chunk.end,
+                                        lambda readinto: _receive_hashing(self._pace().paced(readinto), data))
+            except _TransferFailed as error:
+                raise RemoteUnavailable(remote.url, f"transfer of {path} broke: {error}") from None
+            if got != chunk.sha1:
+                raise HashMismatch(chunk.sha1, got, f"chunk of {path} from {remote.url}")
+            return memoryview(data)
         response = self._send(remote, "GET", path, stream=True,
                               headers={"Range": f"bytes={chunk.start}-{chunk.end - 1}"})
         with response:
@@ -360,6 +405,13 @@ class RemoteSet:
 
     def _small_from(self, remote, algorithm, digest, max_size, what):
         path = object_path(algorithm, digest)
+        bucket = self._bucket(remote)
+        if bucket is not None:
+            data = bucket.read_small(algorithm, digest, max_size)
+            got = digest_bytes(algorithm, data)
+            if got != digest:
+                raise HashMismatch(digest, got, f"download from {remote.url}")
+            return data
         with self._send(remote, "GET", path, stream=True) as response:
             if response.status_code != 200:
                 raise _status_error(remote, response, what)
@@ -396,8 +448,8 @@ class RemoteSet:
         for remote in self._live():
             if not wanted:
                 break
-            if remote.url in self._no_download_api:
-                continue
+            if remote.url in self._no_download_api or self._bucket(remote) is not None:
+                continue  # (a bucket has no batch download: the caller GETs each)
             try:
                 found.update(self._batch_from(remote, wanted, max_size))
             except (RemoteUnavailable, RemoteRejected, AccessDenied, ObjectNotFound) as error:
@@ -457,6 +509,8 @@ class RemoteSet:
 
     def _has_batch(self, objects):
         remote = self.upload_remote
+        if self._bucket(remote) is not None:
+            return self._bucket(remote).has_many(objects)
         wanted = {"sha1": [], "md5": []}
         for algorithm, digest in objects:
             wanted[algorithm].append(digest)
@@ -484,6 +538,8 @@ class RemoteSet:
         digest mismatch), RemoteUnavailable (unreachable, 5xx).
         """
         remote = self.upload_remote
+        if self._bucket(remote) is not None:
+            return self._bucket(remote).upload(algorithm, digest, source, progress)
         in_memory = isinstance(source, (bytes, bytearray, memoryview))
         size = len(source) if in_memory else os.path.getsize(source)
         path = object_path(algorithm, digest)
@@ -517,7 +573,7 @@ class RemoteSet:
         except KeyError:
             pass
         pool = None
-        if self._direct_ok(remote):
+        if self._bucket(remote) is None and self._direct_ok(remote):
             verify = self._verify(remote)
             if verify is False:
                 tls = {"cert_reqs": "CERT_NONE"}
@@ -546,6 +602,8 @@ class RemoteSet:
         without it (404/405/501) gets one PUT per object from then on.
         Each object must be at most BATCH_OBJECT_MAX bytes. Raises like upload.
         """
+        if self._bucket(self.upload_remote) is not None:
+            return self._bucket(self.upload_remote).upload_many(items, progress)
         if not self._batch_api:
             for algorithm, digest, source in items:
                 self.upload(algorithm, digest, source, progress)
@@ -753,6 +811,10 @@ def _status_error(remote, response, what):
     """The exception for a non-success status of ``response``."""
     status = response.status_code
     reason = _reason(response)
+    if status == 403 and not remote.token and _from_object_store(response):
+        # A public bucket as a static mirror: S3 answers 403, not 404, for a
+        # missing key when anonymous callers may not list the bucket.
+        return ObjectNotFound(what, remote.url)
     if status in (401, 403):
         return AccessDenied(remote.url, status, reason)
     if status == 404:
@@ -762,6 +824,12 @@ def _status_error(remote, response, what):
     if 400 <= status < 500:
         return RemoteRejected(remote.url, status, reason)
     return RemoteUnavailable(remote.url, f"unexpected HTTP {status}")
+
+
+def _from_object_store(response):
+    """True for an S3-style error answer (XML, or an x-amz-request-id header)."""
+    headers = response.headers
+    return "x-amz-request-id" in headers or "xml" in headers.get("Content-Type", "")
 
 
 def _reason(response):

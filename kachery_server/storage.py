@@ -27,6 +27,7 @@ upload replaces it.
 """
 
 import asyncio
+import logging
 import os
 import tempfile
 import threading
@@ -35,6 +36,8 @@ from kachery_core.store import LocalStore
 from kachery_core.verify import QUARANTINE_DIR, hash_file
 
 from .commit import GroupCommitter
+
+log = logging.getLogger("kachery.server")
 
 #: How many objects a process remembers as re-hashed (see check_present).
 CHECKED_MAX = 100_000
@@ -66,7 +69,9 @@ class _Storage:
                     self._checked.clear()
                 self._checked.add((algorithm, digest))
             return True
-        self.quarantine(algorithm, digest)
+        where = self.quarantine(algorithm, digest)
+        log.warning("kachery-server: stored %s://%s was corrupt (size %s, upload %s): moved to %s",
+                    algorithm, digest, stored, size, where)
         return False
 
 
@@ -174,12 +179,15 @@ class BucketStorage(_Storage):
             async with self._puts:
                 try:
                     return await asyncio.to_thread(self.bucket.put, algorithm, digest, temp_path)
-                except Exception as error:  # reported per object, like the group commit
-                    return error
                 finally:
                     _unlink_quietly(temp_path)
 
-        results = await asyncio.gather(*(one(*item) for item in items))
+        # Every PUT runs to its end (each removes its spooled file); then the
+        # first failure, if any, fails the request, as the group commit does.
+        results = await asyncio.gather(*(one(*item) for item in items), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return results
 
     def read_small(self, algorithm, digest, max_size):

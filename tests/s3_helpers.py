@@ -25,6 +25,8 @@ import uuid
 #: Credentials of the one identity the test store knows (all actions).
 ACCESS_KEY = "kachery-test-access"
 SECRET_KEY = "kachery-test-secret"
+#: An identity that may only read (same secret): a store that refuses writes.
+READ_ONLY_KEY = "kachery-test-reader"
 REGION = "us-east-1"
 #: How long a fresh server may take to accept a bucket create + put.
 READY_TIMEOUT = 60.0
@@ -96,13 +98,20 @@ class SeaweedS3:
                 "name": "kachery-test",
                 "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                 "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }, {
+                "name": "kachery-test-reader",
+                "credentials": [{"accessKey": READ_ONLY_KEY, "secretKey": SECRET_KEY}],
+                "actions": ["Read", "List"],
             }]}, file)
         if self.ports is None:  # a restart keeps the ports (and the data)
             self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS))))
         command = [binary, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                    "-master.telemetry=false", "-volume.preStopSeconds=0", "-filer", "-s3",
                    f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                   "-metricsPort=0", "-volume.max=0", "-master.volumeSizeLimitMB=1024"]
+                   "-metricsPort=0",
+                   # Every bucket is a collection of several volumes: small,
+                   # many (sparse files), so a session's hundred buckets fit.
+                   "-volume.max=5000", "-master.volumeSizeLimitMB=64"]
         command += [f"{flag}={port}" for flag, port in self.ports.items()]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,

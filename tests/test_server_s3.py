@@ -163,3 +163,17 @@ def test_an_unreachable_bucket_is_503_and_a_bad_location_one_line(servers, tmp_p
     result = run_cli("kachery-server", "verify", "--storage", "s3:///p",
                      "--config", str(tmp_path / "s.toml"))
     assert result.returncode == 2 and "Traceback" not in result.stderr.decode()
+
+
+def test_a_write_the_bucket_refuses_is_503_never_stored(servers, seaweed, s3_bucket, monkeypatch):
+    from s3_helpers import READ_ONLY_KEY
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", READ_ONLY_KEY)
+    server = servers.kachery(storage=f"s3://{s3_bucket}/p")
+    answer = put(server, b"not allowed to land")
+    assert answer.status_code == 503 and "storage unavailable" in answer.text
+    body = b"sha1 %s 2\nab" % sha1(b"ab").encode()
+    answer = requests.post(f"{server.url}/api/upload", data=body,
+                           headers={"Authorization": f"Bearer {server.write_token}"})
+    assert answer.status_code == 503
+    assert seaweed.client().list_objects_v2(Bucket=s3_bucket).get("Contents", []) == []

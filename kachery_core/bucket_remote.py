@@ -1,0 +1,84 @@
+"""A remote that is an S3 bucket (``s3://BUCKET/PREFIX`` in the remote list).
+
+The RemoteSet's failover policy and verification apply unchanged: this class
+is only the transport, with the same operations the HTTP transport gives
+(remote.py). Reads and writes use the user's own S3 credentials
+(kachery_core.bucket); writes are checked by the object store against the
+object's name, so nothing wrong becomes visible (see bucket.py).
+"""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from .bucket import Bucket
+from .errors import HashMismatch, ObjectNotFound
+
+#: Small objects uploaded at once when a batch is asked for (a bucket has no batch API).
+UPLOAD_THREADS = 8
+
+
+class BucketRemote:
+    def __init__(self, url, timeout):
+        self.bucket = Bucket(url, timeout=timeout)
+        self.url = self.bucket.url
+
+    def size(self, algorithm, digest):
+        return self.bucket.size(algorithm, digest)
+
+    def receive(self, algorithm, digest, fd, pump):
+        """Stream an object into ``fd`` with ``pump(readinto)`` (which hashes and
+        writes it); return what pump returns."""
+        _, body = self.bucket.open(algorithm, digest)
+        with body:
+            return pump(body.readinto)
+
+    def read_range(self, algorithm, digest, start, end, fill):
+        """``fill(readinto)`` over bytes [start, end) of an object."""
+        size, body = self.bucket.open(algorithm, digest, start, end)
+        if size != end - start:
+            raise HashMismatch(f"{end - start} bytes", f"{size} bytes",
+                               f"range of {algorithm}://{digest} from {self.url}")
+        with body:
+            return fill(body.readinto)
+
+    def read_small(self, algorithm, digest, max_size):
+        size = self.bucket.size(algorithm, digest)
+        if size is None:
+            raise ObjectNotFound(f"{algorithm}://{digest}", self.url)
+        if size > max_size:  # an oversized object cannot be the one asked for
+            raise HashMismatch(digest, f"an object of {size} bytes", f"download from {self.url}")
+        return self.bucket.read(algorithm, digest)
+
+    def has_many(self, objects):
+        return self.bucket.has_many(objects)
+
+    def upload(self, algorithm, digest, source, progress=None):
+        """Write one object; 201 if new, 200 if already there (the HTTP answers).
+
+        The caller hashed ``source`` to ``digest``: if the store finds other
+        bytes, a file changed under the upload (SourceChanged).
+        """
+        from .errors import RemoteRejected
+        from .remote import SourceChanged
+
+        try:
+            return 201 if self.bucket.put(algorithm, digest, source, progress=progress) else 200
+        except (RemoteRejected, HashMismatch):
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                raise
+            raise SourceChanged(source) from None
+
+    def upload_many(self, items, progress=None):
+        def one(item):
+            algorithm, digest, source = item
+            self.upload(algorithm, digest, source)
+            if progress:
+                in_memory = isinstance(source, (bytes, bytearray, memoryview))
+                progress(len(source) if in_memory else os.path.getsize(source))
+
+        with ThreadPoolExecutor(min(UPLOAD_THREADS, max(1, len(items)))) as pool:
+            list(pool.map(one, items))
+
+
+def is_bucket_url(url):
+    return url.startswith("s3://")
