@@ -39,8 +39,15 @@ SINGLE_PUT_MAX = 256 * 1024 * 1024
 PART_SIZE = 64 * 1024 * 1024
 #: Lifetime of presigned URLs handed to clients (a redirect is followed at once).
 PRESIGN_SECONDS = 300
-#: HEAD requests in flight at once when asking about many objects.
+#: HEAD requests in flight at once when asking about a few objects ...
 HEAD_THREADS = 16
+#: ... and from this many on, listing is cheaper (see Bucket.has_many).
+LIST_MIN = 32
+#: Keys per LIST page (the S3 maximum).
+LIST_PAGE = 1000
+#: Objects up to this size are PUT without asking first whether they are
+#: there (``If-None-Match: *`` makes the store refuse a second copy).
+ASK_FIRST_MIN = 1024 * 1024
 QUARANTINE = "quarantine"
 _READ_BLOCK = 1024 * 1024
 
@@ -124,13 +131,44 @@ class Bucket:
         return head["ContentLength"]
 
     def has_many(self, objects):
-        """The subset of (algorithm, digest) pairs present (HEADs, several at once)."""
+        """The subset of (algorithm, digest) pairs present.
+
+        A few are asked with HEADs, several at once. Many are found by
+        listing: keys come back sorted, so the wanted keys, sorted too, are
+        merged with pages listed from just before the first unresolved one
+        (``StartAfter``). Each page resolves every wanted key up to its last
+        key, and at least one: 10,000 objects of a snapshot cost about ten
+        LISTs instead of 10,000 HEADs (each ~2 ms of Python in boto3), and a
+        few objects in a huge bucket never cost more than one LIST each.
+        """
         objects = list(dict.fromkeys(objects))
-        if not objects:
-            return set()
-        with ThreadPoolExecutor(min(HEAD_THREADS, len(objects))) as pool:
-            sizes = list(pool.map(lambda item: self.size(*item), objects))
-        return {item for item, size in zip(objects, sizes) if size is not None}
+        if len(objects) < LIST_MIN:
+            if not objects:
+                return set()
+            with ThreadPoolExecutor(min(HEAD_THREADS, len(objects))) as pool:
+                sizes = list(pool.map(lambda item: self.size(*item), objects))
+            return {item for item, size in zip(objects, sizes) if size is not None}
+        found = set()
+        for algorithm in sorted({algorithm for algorithm, _ in objects}):
+            wanted = sorted((self.key(alg, digest), (alg, digest.lower()))
+                            for alg, digest in objects if alg == algorithm)
+            found |= self._merge_listing(self.key(algorithm, "0" * len(wanted[0][1][1]))
+                                         .rsplit("/", 4)[0] + "/", wanted)
+        return found
+
+    def _merge_listing(self, base, wanted):
+        found, index = set(), 0
+        while index < len(wanted):
+            page = self._call(f"listing {base}", "list_objects_v2", Prefix=base,
+                              StartAfter=wanted[index][0][:-1], MaxKeys=LIST_PAGE)
+            keys = {item["Key"] for item in page.get("Contents", [])}
+            last = max(keys) if keys else None
+            complete = not page.get("IsTruncated")
+            while index < len(wanted) and (complete or wanted[index][0] <= last):
+                if wanted[index][0] in keys:
+                    found.add(wanted[index][1])
+                index += 1
+        return found
 
     def open(self, algorithm, digest, start=None, end=None):
         """(size of the body, a readable stream) of an object or its bytes [start, end)."""
@@ -188,8 +226,8 @@ class Bucket:
         """
         in_memory = isinstance(source, (bytes, bytearray, memoryview))
         size = len(source) if in_memory else (os.path.getsize(source) if size is None else size)
-        if self.size(algorithm, digest) is not None:
-            return False
+        if size >= ASK_FIRST_MIN and self.size(algorithm, digest) is not None:
+            return False  # (a HEAD is cheap next to sending what is there)
         try:
             if size > SINGLE_PUT_MAX and not in_memory:
                 self._put_parts(algorithm, digest, source, size, progress)

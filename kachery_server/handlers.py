@@ -27,6 +27,8 @@ OBJECT_ROUTE = "/{algorithm}/{a}/{b}/{c}/{digest}"
 IMMUTABLE = "public, max-age=31536000, immutable"
 #: Received body bytes are handed to the hashing/writing thread in blocks of this size.
 RECEIVE_BLOCK = 1024 * 1024
+#: Bytes of a bucket object read per step when proxying (x concurrent readers = memory).
+PROXY_BLOCK = 256 * 1024
 
 
 def _error(status_class, message):
@@ -233,7 +235,7 @@ async def _stream_from(response, bucket, algorithm, digest, start, end):
     """Write bytes [start, end) of a bucket object to ``response``."""
     _, body = await asyncio.to_thread(bucket.open, algorithm, digest, start, end)
     try:
-        while block := await asyncio.to_thread(body.read, RECEIVE_BLOCK):
+        while block := await asyncio.to_thread(body.read, PROXY_BLOCK):
             await response.write(block)
     finally:
         body.close()

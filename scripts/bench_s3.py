@@ -13,7 +13,7 @@ alternating the contenders ``--repeat`` times, measures on one object of
   a kachery-server on the bucket (redirect to a presigned URL), vs the boto3
   GET + sha1 above as the baseline.
 
-    python3 scripts/bench_s3.py [--size 256] [--repeat 5]
+    python3 scripts/bench_s3.py [--size 1024] [--repeat 3]
 
 Prints a Markdown table of medians (docs/scale.md has the latest).
 """
@@ -69,6 +69,37 @@ def obstore_get_sha1(store, key):
     return hasher.hexdigest()
 
 
+def measure_small(args, bucket, work):
+    """--upload of a directory of many small files: new, then all present."""
+    tree = os.path.join(work, "small")
+    os.makedirs(tree)
+    for index in range(args.small):
+        with open(os.path.join(tree, f"f{index:05d}.txt"), "wb") as file:
+            file.write(os.urandom(1024 + index % 3072))
+    env = dict(os.environ, KACHERY_STORAGE_DIR=f"{work}/small-store", KACHERY_CONFIG="/nonexistent",
+               KACHERY_REMOTE=f"s3://{bucket}/small")
+    first = run_measured([tool("kachery-store"), "--upload", tree], env=env)[0]
+    again = run_measured([tool("kachery-store"), "--upload", tree], env=env)[0]
+    return [["first (all new)", f"{first:.1f}", "< 30 s"],
+            ["again (all present)", f"{again:.1f}", "< 3 s"]]
+
+
+def peak_rss(pid, server_url, digest, clients=32):
+    """Peak resident memory (MB) of ``pid`` while ``clients`` curls download the object."""
+    url = f"{server_url}/sha1/{digest[:2]}/{digest[2:4]}/{digest[4:6]}/{digest}"
+    curls = [subprocess.Popen(["curl", "-sfL", "-o", "/dev/null", url]) for _ in range(clients)]
+    peak = 0
+    while any(curl.poll() is None for curl in curls):
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+        time.sleep(0.05)
+    if any(curl.returncode for curl in curls):
+        raise RuntimeError("a download failed")
+    return peak
+
+
 def timed(action):
     started = time.perf_counter()
     action()
@@ -77,8 +108,9 @@ def timed(action):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256, help="object size in MiB")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--size", type=int, default=1024, help="object size in MiB")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--small", type=int, default=10000, help="small files to upload")
     args = parser.parse_args()
     import obstore
 
@@ -104,44 +136,94 @@ def main():
             line = server.stderr.readline()
             server_url = "http://" + line.rsplit("http://", 1)[1].strip()
             rows = measure(args, client, bucket, store, data, key, digest, work, server_url, obstore)
+            small_rows = measure_small(args, bucket, work)
+            rss_rows = [["redirect", f"{peak_rss(server.pid, server_url, digest):.0f}"]]
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        server = subprocess.Popen(
+            [tool("kachery-server"), "--storage", f"s3://{bucket}/k", "--port", "0", "--s3-proxy",
+             "--config", f"{work}/server.toml"], stderr=subprocess.PIPE, text=True)
+        try:
+            line = server.stderr.readline()
+            proxy_url = "http://" + line.rsplit("http://", 1)[1].strip()
+            rss_rows.append(["proxy (--s3-proxy)", f"{peak_rss(server.pid, proxy_url, digest):.0f}"])
         finally:
             server.terminate()
             server.wait(timeout=30)
     print(f"S3 on SeaweedFS, loopback, {args.size} MiB object, median of {args.repeat} "
           "alternations:\n")
-    print(markdown_table(["operation", "contender", "seconds", "MiB/s", "ratio to baseline"], rows))
+    print(markdown_table(["operation", "contender", "seconds", "MiB/s",
+                          "throughput vs first of its group"], rows))
+    print("\nServer peak RSS during 32 concurrent downloads of the object (curl -L):\n")
+    print(markdown_table(["mode", "peak RSS MB (target < 150)"], rss_rows))
+    print(f"\n{args.small} small files (1-4 KB) to an s3:// remote:\n")
+    print(markdown_table(["kachery-store --upload of the directory", "seconds", "target"], small_rows))
 
 
 def measure(args, client, bucket, store, data, key, digest, work, server_url, obstore):
+    source = os.path.join(work, "object.bin")
+    size_mib = len(data) >> 20
+
     def load(remote, number):
         env = dict(os.environ, KACHERY_STORAGE_DIR=f"{work}/down{number}",
                    KACHERY_CONFIG="/nonexistent", KACHERY_REMOTE=remote)
         subprocess.run(["rm", "-rf", f"{work}/down{number}"], check=True)
-        return run_measured([tool("kachery-load"), f"sha1://{digest}", "--dest", f"{work}/out"],
-                            env=env)[0]
+        # (no --dest: the verified, durable copy in the store is the file)
+        return run_measured([tool("kachery-load"), f"sha1://{digest}"], env=env)[0]
+
+    def boto3_download():
+        target = os.path.join(work, "boto3-download")
+        started = time.perf_counter()
+        client.download_file(bucket, key, target)
+        hasher = hashlib.sha1()
+        with open(target, "rb") as file:
+            while block := file.read(STEP):
+                hasher.update(block)
+            os.fsync(file.fileno())  # durable, as kachery's store copy is
+        elapsed = time.perf_counter() - started
+        os.unlink(target)
+        return elapsed
+
+    upload_number = [0]
+
+    def kachery_upload():
+        upload_number[0] += 1  # a fresh prefix each time, so every run uploads
+        env = dict(os.environ, KACHERY_STORAGE_DIR=f"{work}/up-k", KACHERY_CONFIG="/nonexistent",
+                   KACHERY_REMOTE=f"s3://{bucket}/u{upload_number[0]}")
+        return run_measured([tool("kachery-store"), "--upload-only", source], env=env)[0]
 
     contenders = {
-        ("PUT", "boto3 (with x-amz-checksum-sha1)"): lambda: timed(
+        ("library PUT", "boto3 put_object + x-amz-checksum-sha1"): lambda: timed(
             lambda: boto3_put(client, bucket, "bench/put-boto3", data)),
-        ("PUT", "obstore"): lambda: timed(lambda: obstore.put(store, "bench/put-obstore", data)),
-        ("GET + sha1", "boto3 streamed"): lambda: timed(
+        ("library PUT", "obstore put"): lambda: timed(
+            lambda: obstore.put(store, "bench/put-obstore", data)),
+        ("library GET + sha1", "boto3 streamed"): lambda: timed(
             lambda: boto3_get_sha1(client, bucket, key)),
-        ("GET + sha1", "obstore streamed"): lambda: timed(lambda: obstore_get_sha1(store, key)),
-        ("GET + sha1", "kachery-load, s3:// remote"): lambda: load(f"s3://{bucket}/k", 1),
-        ("GET + sha1", "kachery-load via kachery-server (redirect)"): lambda: load(server_url, 2),
+        ("library GET + sha1", "obstore streamed"): lambda: timed(
+            lambda: obstore_get_sha1(store, key)),
+        ("download to a file + sha1", "boto3 download_file + sha1"): boto3_download,
+        ("download to a file + sha1", "kachery-load via kachery-server (redirect)"):
+            lambda: load(server_url, 2),
+        ("download to a file + sha1", "kachery-load from s3:// remote"):
+            lambda: load(f"s3://{bucket}/k", 1),
+        ("upload a file", "boto3 upload_file (multipart, 10 threads)"): lambda: timed(
+            lambda: client.upload_file(source, bucket, f"bench/upload-{time.monotonic_ns()}")),
+        ("upload a file", "kachery-store --upload-only to s3://"): kachery_upload,
     }
     times = {name: [] for name in contenders}
     for _ in range(args.repeat):
         for name, run in contenders.items():
             times[name].append(run())
-    baselines = {"PUT": ("PUT", "boto3 (with x-amz-checksum-sha1)"),
-                 "GET + sha1": ("GET + sha1", "boto3 streamed")}
+    baselines = {}
+    for name in contenders:  # the first contender of each operation is its baseline
+        baselines.setdefault(name[0], name)
     rows = []
     for name, samples in times.items():
         median = statistics.median(samples)
         base = statistics.median(times[baselines[name[0]]])
-        rows.append([name[0], name[1], f"{median:.2f}", f"{args.size / median:.0f}",
-                     f"{median / base:.2f}"])
+        rows.append([name[0], name[1], f"{median:.2f}", f"{size_mib / median:.0f}",
+                     f"{base / median:.2f}"])
     return rows
 
 

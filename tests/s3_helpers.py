@@ -147,7 +147,11 @@ class SeaweedS3:
                 raise RuntimeError(f"weed exited with {self.process.returncode}; see {self.log_path}")
             try:
                 client = self.client()
-                client.create_bucket(Bucket="kachery-ready")
+                try:
+                    client.create_bucket(Bucket="kachery-ready")
+                except client.exceptions.ClientError as error:  # a restart: it is there
+                    if "BucketAlready" not in str(error):
+                        raise
                 client.put_object(Bucket="kachery-ready", Key="probe", Body=b"ok")
                 return
             except Exception as error:  # not up yet: connection refused, 503, ...

@@ -58,3 +58,23 @@ def test_a_large_file_changed_while_read_is_never_completed(seaweed, s3_bucket, 
     path.write_bytes(data)
     assert bucket.put("sha1", digest, str(path)) is True
     assert bucket.hash_object("sha1", digest) == digest
+
+
+@pytest.mark.parametrize("count", [5, 300])
+def test_has_many_by_heads_and_by_merged_listing(seaweed, s3_bucket, count, monkeypatch):
+    import kachery_core.bucket as module
+
+    monkeypatch.setattr(module, "LIST_MIN", 32)
+    monkeypatch.setattr(module, "LIST_PAGE", 7)  # many pages: the merge is exercised
+    bucket = Bucket(f"s3://{s3_bucket}/p")
+    other = Bucket(f"s3://{s3_bucket}/p-other")  # a sibling prefix must not count
+    blobs = [os.urandom(64) for _ in range(count)]
+    stored = blobs[::3]
+    for data in stored:
+        bucket.put("sha1", hashlib.sha1(data).hexdigest(), data)
+    for data in blobs[1::3]:
+        other.put("sha1", hashlib.sha1(data).hexdigest(), data)
+    asked = [("sha1", hashlib.sha1(data).hexdigest()) for data in blobs]
+    asked += [("md5", hashlib.md5(b"absent").hexdigest())]
+    expected = {("sha1", hashlib.sha1(data).hexdigest()) for data in stored}
+    assert bucket.has_many(asked) == expected

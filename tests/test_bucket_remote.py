@@ -141,3 +141,64 @@ def test_a_public_buckets_403_for_a_missing_key_means_not_found(tmp_path, run_cl
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.fuse
+def test_a_stopped_bucket_is_exit_4_and_eio_in_bounded_time_then_recovers(
+        machine, run_cli, tmp_path, seaweed):
+    import errno
+    import time
+
+    from fs_helpers import Mount
+
+    source = tmp_path / "snap"
+    source.mkdir()
+    big = pseudo_random(12 * 4 * 1024 * 1024, seed=4)
+    (source / "big.bin").write_bytes(big)
+    env = machine("A")
+    url = ok(run_cli("kachery-store", "--upload-only", source, env=env))
+    args = ["--remote", env["KACHERY_REMOTE"], "--remote-timeout", "2"]
+    try:
+        with Mount(tmp_path / "mnt", tmp_path / "client", args) as mount:
+            path = os.path.join(mount.mountpoint, "sha1dir", url.split("://", 1)[1], "big.bin")
+            with open(path, "rb") as file:
+                assert file.read(100) == big[:100]
+                seaweed.kill()
+                started = time.monotonic()
+                with pytest.raises(OSError) as raised:
+                    file.seek(40 * 1024 * 1024)
+                    file.read(100)
+                assert raised.value.errno == errno.EIO
+                assert time.monotonic() - started < 20
+                result = run_cli("kachery-cat", url + "/big.bin", env=machine("B"), timeout=60)
+                assert result.returncode == 4, result.stderr.decode()
+                assert len(result.stderr.decode().strip().splitlines()) == 1
+                seaweed.start()
+                file.seek(40 * 1024 * 1024)
+                assert file.read(100) == big[40 * 1024 * 1024:40 * 1024 * 1024 + 100]
+    finally:
+        if seaweed.process.poll() is not None:
+            seaweed.start()
+
+
+def test_a_killed_upload_leaves_nothing_at_the_final_key(machine, tmp_path, seaweed, s3_bucket):
+    import signal
+    import subprocess
+    import time
+
+    from server_helpers import command_path
+
+    data = pseudo_random(300 * 1024 * 1024, seed=5)  # over one PUT: goes up in parts
+    (tmp_path / "big.bin").write_bytes(data)
+    env = dict(os.environ, **machine("A"))
+    process = subprocess.Popen([command_path("kachery-store"), "--upload-only", tmp_path / "big.bin"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = seaweed.client()
+    deadline = time.monotonic() + 60
+    while not client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads"):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+    assert not any(key.endswith(sha1(data)) for key in keys), keys
