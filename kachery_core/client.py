@@ -65,6 +65,7 @@ class Kachery:
         self.cache = CacheArea(self.config.storage_dir, self.config.cache_max)
         self.stats = Stats()
         self._fetcher = None
+        self._verified = set()  # (algorithm, digest) re-hashed by verify_once
 
     @classmethod
     def from_config(cls, **overrides):
@@ -191,6 +192,20 @@ class Kachery:
         if path is not None:
             self.cache.touch(algorithm, digest)
         return path
+
+    def verify_once(self, algorithm, digest, path):
+        """Re-hash a local object the first time this process serves it
+        (``verify_reads``); raise HashMismatch if it is corrupt."""
+        from .verify import hash_file
+
+        with self._lock:
+            if (algorithm, digest) in self._verified:
+                return
+        got = hash_file(path, algorithm)
+        if got != digest:
+            raise HashMismatch(digest, got, f"stored object {path}")
+        with self._lock:
+            self._verified.add((algorithm, digest))
 
     def local_path(self, algorithm, digest):
         """Path of the object on this machine, downloading it (verified) if needed.

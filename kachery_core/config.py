@@ -13,6 +13,7 @@ Example config file::
     remote_timeout = 10
     remote_speed_limit = "16K"  # bytes/s: a slower transfer over ...
     remote_speed_time = 10      # ... this many seconds fails (curl's --speed-limit/-time)
+    verify_reads = false        # true: a mount re-hashes each stored object at its first open
 
     [[remotes]]
     url = "https://kachery.example.org"
@@ -56,6 +57,9 @@ class Config:
     #: fails (then the next remote); 0 disables the check. See pace.py.
     remote_speed_limit: int = DEFAULT_SPEED_LIMIT
     remote_speed_time: float = DEFAULT_SPEED_TIME
+    #: Re-hash every object of the user's store at its first open in a mount
+    #: (download-cache entries are always checked before first use).
+    verify_reads: bool = False
     #: KACHERY_TOKEN: the token of every remote, also of those given later
     #: with ``with_remote_urls`` (``--remote``), over any in the config file.
     token: str | None = None
@@ -95,6 +99,7 @@ def load_config(path=None, environ=None):
         remote_timeout=_number(settings, "remote_timeout", 10.0),
         remote_speed_limit=parse_size(settings.get("remote_speed_limit", DEFAULT_SPEED_LIMIT)),
         remote_speed_time=_number(settings, "remote_speed_time", DEFAULT_SPEED_TIME),
+        verify_reads=_flag(environ.get("KACHERY_VERIFY_READS", settings.get("verify_reads", False))),
         token=token or None,
     )
 
@@ -104,6 +109,16 @@ def _number(settings, key, default):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ConfigError(f"config file: {key} must be a number of seconds, got {value!r}")
     return float(value)
+
+
+def _flag(value):
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"verify_reads must be true or false, got {value!r}")
 
 
 def _optional_size(value):

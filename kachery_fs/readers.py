@@ -118,6 +118,8 @@ def open_reader(kachery, target):
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _check_size(os.fstat(fd).st_size, target)
+        if kachery.config.verify_reads:
+            kachery.verify_once(target.algorithm, target.digest, path)
     except BaseException:
         os.close(fd)
         raise

@@ -234,3 +234,28 @@ def test_sixteen_concurrent_readers(mounted):
 def _read(path):
     with open(path, "rb") as file:
         return file.read()
+
+
+@pytest.mark.parametrize("verify_reads", [False, True])
+def test_verify_reads_rehashes_a_stored_object_at_its_first_open(tmp_path, monkeypatch, verify_reads):
+    """Same-size corruption of a stored object: by default only sizes are
+    checked at open (served); with verify_reads = true the open is EIO."""
+    storage = tmp_path / "store"
+    data = b"stored bytes\n" * 1000
+    (tmp_path / "f.txt").write_bytes(data)
+    digest = Kachery(Config(storage_dir=str(storage))).store_file(str(tmp_path / "f.txt")).digest
+    obj = storage / "sha1" / digest[:2] / digest[2:4] / digest[4:6] / digest
+    os.chmod(obj, 0o644)
+    obj.write_bytes(data[:-1] + b"!")
+    if verify_reads:
+        (tmp_path / "config.toml").write_text("verify_reads = true\n")
+    monkeypatch.setenv("KACHERY_CONFIG", str(tmp_path / "config.toml"))
+    with Mount(tmp_path / "mnt", storage) as mount:
+        path = os.path.join(mount.mountpoint, "sha1", digest)
+        if verify_reads:
+            with pytest.raises(OSError) as raised:
+                open(path, "rb").read()
+            assert raised.value.errno == errno.EIO
+        else:
+            with open(path, "rb") as file:
+                assert len(file.read()) == len(data)
