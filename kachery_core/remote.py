@@ -794,7 +794,16 @@ class _Outcome:
             raise self.unavailable[0]
 
     def failure(self, remotes):
-        """The error to raise: corrupt copies, then refusals, then outages, then not found."""
+        """The error to raise: corrupt copies, then refusals, then outages, then not found.
+
+        Corrupt copies while another remote could not be reached are an
+        outage (exit 4: trying again later may well succeed), not corruption
+        of the object (exit 3); the message names the corrupt remote.
+        """
+        corrupt = [error for error in self.errors if isinstance(error, HashMismatch)]
+        if corrupt and self.unavailable:
+            first = self.unavailable[0]
+            return RemoteUnavailable(first.remote, f"{first.reason} (and {corrupt[0]})")
         for kind in (HashMismatch, AccessDenied, RemoteRejected):
             for error in self.errors:
                 if isinstance(error, kind):

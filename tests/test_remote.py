@@ -362,3 +362,18 @@ def test_large_uploads_use_sendfile_and_map_refusals(servers, tmp_path):
     assert writer.upload("sha1", digest, str(big), sent.append) == 201
     assert sum(sent) == big.stat().st_size
     assert stored_objects(server.storage) == [object_rel(digest)]
+
+
+def test_a_corrupt_copy_while_another_remote_is_down_is_an_outage_not_corruption():
+    from kachery_core.config import Remote
+    from kachery_core.errors import HashMismatch, RemoteUnavailable
+    from kachery_core.remote import _Outcome
+
+    outcome = _Outcome("sha1://x")
+    outcome.note(HashMismatch("a" * 40, "b" * 40, "download from http://bad"))
+    outcome.unavailable.append(RemoteUnavailable("http://down", "connection refused"))
+    error = outcome.failure([Remote("http://bad"), Remote("http://down")])
+    assert isinstance(error, RemoteUnavailable) and "http://bad" in str(error)
+    alone = _Outcome("sha1://x")
+    alone.note(HashMismatch("a" * 40, "b" * 40))
+    assert isinstance(alone.failure([Remote("http://bad")]), HashMismatch)
