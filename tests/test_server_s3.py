@@ -177,3 +177,28 @@ def test_a_write_the_bucket_refuses_is_503_never_stored(servers, seaweed, s3_buc
                            headers={"Authorization": f"Bearer {server.write_token}"})
     assert answer.status_code == 503
     assert seaweed.client().list_objects_v2(Bucket=s3_bucket).get("Contents", []) == []
+
+
+@pytest.mark.fuse
+def test_a_snapshot_through_a_bucket_server_lists_cats_and_mounts(
+        servers, seaweed, s3_bucket, env, run_cli, tmp_path):
+    from fs_helpers import Mount
+
+    server = servers.kachery(storage=f"s3://{s3_bucket}/lab")
+    source = tmp_path / "snap"
+    (source / "sub").mkdir(parents=True)
+    big = pseudo_random(9_000_000, seed=7)
+    (source / "sub" / "big.bin").write_bytes(big)
+    (source / "note.txt").write_bytes(b"a note\n")
+    url = ok(run_cli("kachery-store", "--upload-only", source,
+                     env=env("A", server.url, server.write_token)))
+    reader = env("B", server.url)
+    assert sorted(ok(run_cli("kachery-ls", url, env=reader)).split()) == ["note.txt", "sub/"]
+    assert run_cli("kachery-cat", url + "/note.txt", env=reader).stdout == b"a note\n"
+    with Mount(tmp_path / "mnt", tmp_path / "C", ["--remote", server.url]) as mount:
+        path = os.path.join(mount.mountpoint, "sha1dir", url.split("://", 1)[1], "sub", "big.bin")
+        with open(path, "rb") as file:
+            file.seek(6_000_000)
+            assert file.read(4096) == big[6_000_000:6_004_096]
+            file.seek(0)
+            assert file.read() == big
