@@ -391,7 +391,7 @@ def _new_client(timeout):
     custom = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     config = Config(
         connect_timeout=timeout, read_timeout=timeout, max_pool_connections=32,
-        retries={"mode": "standard", "max_attempts": 3},
+        retries={"mode": "standard", "max_attempts": 3}, parameter_validation=False,
         s3={"addressing_style": "path" if custom else "auto"},
         # Checksums only where kachery asks for them (the store then verifies them).
         request_checksum_calculation="when_required", response_checksum_validation="when_required")
