@@ -31,7 +31,14 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from .errors import AccessDenied, InvalidURL, ObjectNotFound, RemoteUnavailable
+from .errors import (
+    AccessDenied,
+    HashMismatch,
+    InvalidURL,
+    ObjectNotFound,
+    RemoteRejected,
+    RemoteUnavailable,
+)
 from .hashing import is_valid_hash, validate_hash
 
 #: Objects up to this size go up in one PUT; larger ones in parts of PART_SIZE.
@@ -113,7 +120,6 @@ class Bucket:
                 return _AlreadyThere()
             if status >= 500 or status == 429:
                 return RemoteUnavailable(self.url, f"HTTP {status} {code}")
-            from .errors import RemoteRejected
             return RemoteRejected(self.url, status, f"{code}: {what}")
         if isinstance(error, NoCredentialsError):
             return AccessDenied(self.url, 401, "no S3 credentials (AWS_ACCESS_KEY_ID or ~/.aws)")
@@ -257,8 +263,6 @@ class Bucket:
     def _put_parts(self, algorithm, digest, path, size, progress):
         """Multipart upload, each part checked by the store, completed only if
         the whole hashes to ``digest`` (the file may change while it is read)."""
-        from .errors import HashMismatch
-
         key, what = self.key(algorithm, digest), f"{algorithm}://{digest}"
         sha1_parts = algorithm == "sha1"
         extra = {"ChecksumAlgorithm": "SHA1"} if sha1_parts else {}

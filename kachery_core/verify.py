@@ -43,13 +43,14 @@ def verify_store(store, algorithms=("sha1", "md5"), quarantine=False, progress=N
             if got != digest:
                 report.corrupt.append((algorithm, digest, got, path))
                 if quarantine:
-                    report.quarantined.append(_quarantine(store, algorithm, digest, path))
+                    report.quarantined.append(move_to_quarantine(store.root, algorithm, path))
     return report
 
 
-def _quarantine(store, algorithm, digest, path):
-    target_dir = os.path.join(store.root, QUARANTINE_DIR, algorithm)
+def move_to_quarantine(root, algorithm, path):
+    """Move the object file ``path`` to ``<root>/quarantine/<alg>/``; return its new path."""
+    target_dir = os.path.join(root, QUARANTINE_DIR, algorithm)
     os.makedirs(target_dir, exist_ok=True)
-    target = os.path.join(target_dir, digest)
+    target = os.path.join(target_dir, os.path.basename(path))
     os.replace(path, target)
     return target

@@ -16,6 +16,7 @@ import os
 
 from aiohttp import hdrs, web
 
+from kachery_core.errors import KacheryError
 from kachery_core.hashing import DIGEST_LENGTHS, is_valid_hash
 
 from . import batch
@@ -114,8 +115,6 @@ class ObjectService:
 
     async def _backend(self, call, *args):
         """``call(*args)`` on a thread; a storage that cannot be reached is 503 (clients retry)."""
-        from kachery_core.errors import KacheryError
-
         try:
             return await asyncio.to_thread(call, *args)
         except KacheryError as error:
@@ -163,8 +162,6 @@ class ObjectService:
     async def _publish(self, items):
         """Publish verified temp files; a storage failure is 503 (nothing published
         under a wrong name either way)."""
-        from kachery_core.errors import KacheryError
-
         try:
             return await self.storage.publish_many(items)
         except KacheryError as error:

@@ -32,8 +32,9 @@ import os
 import tempfile
 import threading
 
+from kachery_core.errors import KacheryError
 from kachery_core.store import LocalStore
-from kachery_core.verify import QUARANTINE_DIR, hash_file
+from kachery_core.verify import hash_file, move_to_quarantine
 
 from .commit import GroupCommitter
 
@@ -119,14 +120,11 @@ class LocalStorage(_Storage):
             return None
 
     def quarantine(self, algorithm, digest):
-        target_dir = os.path.join(self.store.root, QUARANTINE_DIR, algorithm)
-        os.makedirs(target_dir, exist_ok=True)
-        target = os.path.join(target_dir, digest)
         try:
-            os.replace(self.store.object_path(algorithm, digest), target)
-        except FileNotFoundError:
-            pass
-        return target
+            return move_to_quarantine(self.store.root, algorithm,
+                                      self.store.object_path(algorithm, digest))
+        except FileNotFoundError:  # another request moved it first
+            return None
 
     def iter_objects(self):
         for algorithm in ALGORITHMS:
@@ -191,8 +189,6 @@ class BucketStorage(_Storage):
         return results
 
     def read_small(self, algorithm, digest, max_size):
-        from kachery_core.errors import KacheryError
-
         try:
             size = self.bucket.size(algorithm, digest)
             if size is None or size > max_size:
