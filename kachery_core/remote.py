@@ -27,7 +27,6 @@ import functools
 import http.client
 import json
 import logging
-import mmap
 import os
 import ssl
 import threading
@@ -37,8 +36,18 @@ import requests
 import urllib3
 
 from . import zerocopy
+from .receiving import (
+    RECEIVE_BLOCK,
+    WRITEBACK_STEP,
+    TransferFailed,
+    describe,
+    pump,
+    receive_hashing,
+    receive_into,
+    skip,
+    uninitialized,
+)
 from .cache import evicting_when_full
-from .durability import start_writeback
 from .errors import (
     AccessDenied,
     HashMismatch,
@@ -51,8 +60,6 @@ from .pace import DEFAULT_SPEED_LIMIT, DEFAULT_SPEED_TIME, Pace, TooSlow
 
 log = logging.getLogger("kachery")
 
-#: Bytes of a download received, hashed and written per step (see _pump).
-RECEIVE_BLOCK = 64 * 1024
 #: Bytes handed to the socket per step of an upload through requests.
 SEND_BLOCK = 1024 * 1024
 #: Files at least this large are PUT with sendfile(2) (see _sendfile_put) ...
@@ -64,8 +71,6 @@ SEND_STEP = 64 * 1024 * 1024
 RESUMES = 3
 #: Bodies at least this large are spliced into their file (see _receive_body).
 FAST_READ_MIN = 1024 * 1024
-#: Start disk writeback every this many downloaded bytes, so the final fsync is short.
-WRITEBACK_STEP = 64 * 1024 * 1024
 #: Objects up to this size are uploaded in POST /api/upload batches (the
 #: server's limit is the same), larger ones by PUT.
 BATCH_OBJECT_MAX = 1024 * 1024
@@ -86,10 +91,6 @@ def object_path(algorithm, digest):
     """'<alg>/<h[0:2]>/<h[2:4]>/<h[4:6]>/<h>' of a validated digest."""
     digest = validate_hash(algorithm, digest)
     return f"{algorithm}/{digest[0:2]}/{digest[2:4]}/{digest[4:6]}/{digest}"
-
-
-class _TransferFailed(Exception):
-    """The connection broke while a body was being received."""
 
 
 class RemoteSet:
@@ -213,7 +214,7 @@ class RemoteSet:
             try:
                 response = attempt()
             except _NETWORK_ERRORS as error:
-                reason = _describe(error)
+                reason = describe(error)
                 continue
             if response.status_code not in RETRY_STATUSES:
                 self._mark(remote, True)
@@ -310,9 +311,9 @@ class RemoteSet:
 
     def _pump_bucket(self, remote, readinto, fd, hasher, progress, early_writeback):
         try:
-            return _pump(self._pace().paced(readinto), fd, hasher, progress,
+            return pump(self._pace().paced(readinto), fd, hasher, progress,
                          early_writeback=early_writeback)[0]
-        except _TransferFailed as error:
+        except TransferFailed as error:
             raise RemoteUnavailable(remote.url, f"transfer broke: {error}") from None
 
     def _receive_resuming(self, remote, algorithm, digest, fd, progress, early_writeback):
@@ -339,8 +340,8 @@ class RemoteSet:
                                          self._pace())
                     expected = response.headers.get("Content-Length", "")
                     if expected.isdigit() and size != int(expected):  # http.client does not raise
-                        raise _TransferFailed(f"body ended after {size} of {expected} bytes")
-                except _TransferFailed as error:
+                        raise TransferFailed(f"body ended after {size} of {expected} bytes")
+                except TransferFailed as error:
                     now = os.fstat(fd).st_size
                     if resumed < RESUMES and now > landed:
                         log.info("transfer of %s broke at byte %d (%s): resuming", path, now, error)
@@ -366,11 +367,11 @@ class RemoteSet:
         path = object_path(target.algorithm, target.digest)
         bucket = self._bucket(remote)
         if bucket is not None:
-            data = _uninitialized(chunk.end - chunk.start)
+            data = uninitialized(chunk.end - chunk.start)
             try:
                 got = bucket.read_range(target.algorithm, target.digest, chunk.start, chunk.end,
-                                        lambda readinto: _receive_hashing(self._pace().paced(readinto), data))
-            except _TransferFailed as error:
+                                        lambda readinto: receive_hashing(self._pace().paced(readinto), data))
+            except TransferFailed as error:
                 raise RemoteUnavailable(remote.url, f"transfer of {path} broke: {error}") from None
             if got != chunk.sha1:
                 raise HashMismatch(chunk.sha1, got, f"chunk of {path} from {remote.url}")
@@ -383,10 +384,10 @@ class RemoteSet:
             try:
                 readinto = _body_reader(response, self._pace())
                 if response.status_code == 200:  # Range ignored (python -m http.server)
-                    _skip(readinto, chunk.start)
-                data = _uninitialized(chunk.end - chunk.start)
-                got = _receive_hashing(readinto, data)
-            except _TransferFailed as error:
+                    skip(readinto, chunk.start)
+                data = uninitialized(chunk.end - chunk.start)
+                got = receive_hashing(readinto, data)
+            except TransferFailed as error:
                 raise RemoteUnavailable(remote.url, f"transfer of {path} broke: {error}") from None
         if got != chunk.sha1:
             raise HashMismatch(chunk.sha1, got, f"chunk of {path} from {remote.url}")
@@ -420,8 +421,8 @@ class RemoteSet:
             # One byte more than allowed, so an oversized body shows (and fails the hash).
             data = bytearray(min(max_size, expected if expected is not None else max_size) + 1)
             try:
-                count = _receive_into(_body_reader(response, self._pace()), data)
-            except _TransferFailed as error:
+                count = receive_into(_body_reader(response, self._pace()), data)
+            except TransferFailed as error:
                 raise RemoteUnavailable(remote.url, f"transfer of {path} broke: {error}") from None
             if expected is not None and count < min(expected, max_size):
                 raise RemoteUnavailable(
@@ -471,10 +472,10 @@ class RemoteSet:
             if response.status_code != 200:
                 raise _status_error(remote, response, "api/download")
             # (kachery-server answers at most 16 MiB; read no more than a bit over)
-            buffer = _uninitialized(BATCH_ANSWER_MAX)
+            buffer = uninitialized(BATCH_ANSWER_MAX)
             try:
-                count = _receive_into(_body_reader(response, self._pace()), buffer)
-            except (_TransferFailed, TooSlow) as error:
+                count = receive_into(_body_reader(response, self._pace()), buffer)
+            except (TransferFailed, TooSlow) as error:
                 raise RemoteUnavailable(remote.url, f"api/download broke: {error}") from None
             with memoryview(buffer) as view:
                 body = bytes(view[:count])
@@ -851,17 +852,6 @@ def _reason(response):
         return ""
 
 
-def _describe(error):
-    """A few words for a network error (requests' own texts are long and nested)."""
-    text = str(error)
-    for marker in ("Connection refused", "timed out", "Name or service not known", "reset by peer",
-                   "certificate verify failed", "wrong version number"):
-        if marker in text:
-            prefix = "TLS " if isinstance(error, requests.exceptions.SSLError) else ""
-            return prefix + marker.lower()
-    return type(error).__name__
-
-
 def _body_reader(response, pace):
     """A ``readinto`` for the response body that returns after each socket read.
 
@@ -900,7 +890,7 @@ def _receive_body(response, fd, offset, hasher, progress, early_writeback, pace)
     """Write a response body to ``fd`` from ``offset`` on, hashing it; return its size.
 
     A large plain-HTTP body is spliced in the kernel (zerocopy.py), anything
-    else goes through _pump.
+    else goes through receiving.pump.
     """
     expected = response.headers.get("Content-Length", "")
     sock = (zerocopy.body_socket(response.raw)
@@ -915,10 +905,10 @@ def _receive_body(response, fd, offset, hasher, progress, early_writeback, pace)
         except TooSlow:
             raise
         except _NETWORK_ERRORS as error:
-            raise _TransferFailed(_describe(error)) from None
+            raise TransferFailed(describe(error)) from None
     block = min(RECEIVE_BLOCK, int(expected) + 1) if expected.isdigit() else RECEIVE_BLOCK
     os.lseek(fd, offset + received, os.SEEK_SET)
-    return received + _pump(_body_reader(response, pace), fd, hasher, progress, block,
+    return received + pump(_body_reader(response, pace), fd, hasher, progress, block,
                             early_writeback)[1]
 
 
@@ -937,87 +927,6 @@ def _start_of_body(remote, response, asked, what):
     raise _status_error(remote, response, what)
 
 
-def _pump(readinto, fd, hasher, progress, block_size=RECEIVE_BLOCK, early_writeback=True):
-    """Copy a response body to ``fd`` while hashing; return (hex digest, size).
-
-    One thread, in steps of at most RECEIVE_BLOCK: each step is hashed and
-    written right after it arrives, while it is still in the CPU's cache.
-    Measured on the 2-core VM for 1 GiB over loopback: 2.1-2.2 s this way;
-    2.8-3.2 s with 4 MiB blocks hashed and written by two worker threads
-    (twice the system time: every copy went through main memory), and
-    3.0-3.2 s with 64 KiB steps and a hashing worker one 1 MiB block behind.
-    ``block_size`` is smaller for a small body. ``early_writeback`` starts
-    disk writes as the body arrives, for a file that will be flushed anyway
-    (the cache's are not; see cache.py).
-    """
-    buffer = bytearray(block_size)
-    written = 0
-    while True:
-        count = _receive_into(readinto, buffer)
-        if not count:
-            return hasher.hexdigest(), written
-        block = memoryview(buffer)[:count]
-        hasher.update(block)
-        _write_all(fd, block)
-        if early_writeback and (written + count) // WRITEBACK_STEP != written // WRITEBACK_STEP:
-            start_writeback(fd, 0, 0)
-        written += count
-        if progress:
-            progress(count)
-
-
-def _receive_hashing(readinto, buffer):
-    """Fill ``buffer`` from a body, hashing each RECEIVE_BLOCK step as it
-    arrives (still in the CPU's cache, see _pump); return its sha1 hex digest.
-    Raises _TransferFailed when the body ends before the buffer is full."""
-    view = memoryview(buffer)
-    hasher = new_hasher("sha1")
-    filled = 0
-    while filled < len(buffer):
-        got = _receive_into(readinto, view[filled:filled + RECEIVE_BLOCK])
-        if not got:
-            raise _TransferFailed(f"body ended after {filled} of {len(buffer)} bytes")
-        hasher.update(view[filled:filled + got])
-        filled += got
-    return hasher.hexdigest()
-
-
-def _uninitialized(size):
-    """A writable buffer of ``size`` bytes for a body to be received into.
-
-    ``bytearray(size)`` zero-fills its memory while holding the GIL, which for
-    a 4 MiB chunk stalled every other thread of the mount for about a
-    millisecond; an anonymous mapping gets its zero pages from the kernel as
-    the socket fills them, without the GIL.
-    """
-    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE) if size else bytearray()
-
-
-def _receive_into(readinto, buffer):
-    """Fill ``buffer`` from a body's ``readinto`` unless it ends first.
-
-    Network errors become _TransferFailed.
-    """
-    view = memoryview(buffer)
-    filled = 0
-    try:
-        while filled < len(buffer):
-            got = readinto(view[filled:])
-            if not got:
-                break
-            filled += got
-    except TooSlow:
-        raise
-    except _NETWORK_ERRORS as error:
-        raise _TransferFailed(_describe(error)) from None
-    return filled
-
-
-def _write_all(fd, block):
-    while block:
-        block = block[os.write(fd, block):]
-
-
 def _fsync_parents(final, root):
     """fsync the object's directory and the fan-out folders the rename may have created."""
     directory = os.path.dirname(final)
@@ -1030,16 +939,6 @@ def _fsync_parents(final, root):
         finally:
             os.close(fd)
         directory = os.path.dirname(directory)
-
-
-def _skip(readinto, count):
-    """Read and drop ``count`` bytes of a body (a remote that ignores Range)."""
-    scratch = bytearray(min(RECEIVE_BLOCK, max(count, 1)))
-    while count > 0:
-        got = _receive_into(readinto, memoryview(scratch)[:min(count, len(scratch))])
-        if not got:
-            raise _TransferFailed("body ended early")
-        count -= got
 
 
 class SourceChanged(OSError):

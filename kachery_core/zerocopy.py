@@ -8,11 +8,11 @@ transfer on another core.
 
 Measured on the 2-core VM, 1 GiB over loopback from kachery-server, runs
 alternated: median 1.3 s this way, 1.4 s for ``curl -o``, and 1.8 s for
-receive, hash and write in 64 KiB steps on one thread (remote._pump).
+receive, hash and write in 64 KiB steps on one thread (receiving.pump).
 
 Only plain-HTTP bodies with a Content-Length qualify: TLS bytes must be
 decrypted in user space. Anything else, or a kernel that refuses the splice
-(SpliceRefused), goes through remote._pump.
+(SpliceRefused), goes through receiving.pump.
 """
 
 import errno
