@@ -26,12 +26,16 @@ from .locate import MOUNT_ENV
 @click.option("--log-file", type=click.Path(dir_okay=False),
               help="Log of a --background mount (default: <storage-dir>/logs/mount.log).")
 @click.option("--debug", is_flag=True, help="Log every FUSE request (very verbose).")
+@click.option("--fuse", "backend", type=click.Choice(lifecycle.BACKENDS), default="kernel",
+              envvar="KACHERY_FUSE", show_default=True,
+              help="FUSE backend: the kernel protocol itself (passthrough reads, cached "
+                   "listings) or libfuse (for systems where the first is not available).")
 @click.option("--cache-max", metavar="SIZE",
               help="Quota of the download cache, e.g. 2G (default: cache_max in the config file).")
 @click.option("--remote-timeout", type=click.FloatRange(min=0.1), metavar="SECONDS",
               help="Give up on a remote after this long (default: remote_timeout, 10).")
 @common_options
-def mount_command(mountpoint, background, allow_other, log_file, debug, cache_max,
+def mount_command(mountpoint, background, allow_other, log_file, debug, backend, cache_max,
                   remote_timeout, storage_dir, remotes):
     """Mount the hash-URL namespace at MOUNTPOINT (read-only).
 
@@ -46,14 +50,14 @@ def mount_command(mountpoint, background, allow_other, log_file, debug, cache_ma
         logging.getLogger("kachery").setLevel(logging.DEBUG)
     if background:
         log_file = log_file or os.path.join(kachery.config.storage_dir, "logs", "mount.log")
-        arguments = _child_arguments(kachery, allow_other, debug)
+        arguments = _child_arguments(kachery, allow_other, debug) + ["--fuse", backend]
         pid = lifecycle.start_background(mountpoint, arguments, log_file)
         click.echo(f"kachery: mounted {mountpoint} (pid {pid}); "
                    f"unmount with: kachery-unmount {mountpoint}", err=True)
         return
     click.echo(f"kachery: mounting {mountpoint} (Ctrl-C to unmount); "
                f"tip: export {MOUNT_ENV}={os.path.abspath(mountpoint)}", err=True)
-    lifecycle.serve(kachery, mountpoint, allow_other=allow_other, debug=debug)
+    lifecycle.serve(kachery, mountpoint, allow_other=allow_other, debug=debug, backend=backend)
 
 
 def _child_arguments(kachery, allow_other, debug):

@@ -1,9 +1,11 @@
-"""The kernel adapter: the only module that imports the FUSE binding (mfusepy).
+"""The libfuse backend (``kachery-mount --fuse libfuse``): the only module that
+imports the FUSE binding (mfusepy).
 
-:class:`KacheryOperations` turns FUSE callbacks into :class:`Resolver` calls,
-and :func:`errno_for` is the one place where exceptions become errno values
-(SPEC §6: unknown or invalid name → ENOENT; invalid manifest, failed
-verification or unreachable remote → EIO, with a log line saying which).
+:class:`KacheryOperations` turns libfuse's callbacks into :class:`Resolver`
+calls; exceptions become errno values through :func:`errnos.errno_for`
+(with a log line for every EIO). The default backend speaks the kernel
+protocol itself (:mod:`kernel_adapter`); this one stays for systems where
+that path is not available.
 
 Content is immutable, so the mount lets the kernel cache everything it can
 (see :func:`mount_options`): page cache kept across opens, day-long entry and
@@ -24,13 +26,7 @@ import threading
 
 from cachetools import LRUCache
 
-from kachery_core.errors import (
-    HashMismatch,
-    InvalidHash,
-    InvalidManifest,
-    InvalidURL,
-    RemoteUnavailable,
-)
+from .errnos import errno_for
 
 
 def _prefer_libfuse3():
@@ -65,21 +61,6 @@ FUSE_READDIR_PLUS = 1 << 0
 FUSE_FILL_DIR_PLUS = 1 << 1
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_CREAT | os.O_APPEND
-
-
-def errno_for(error):
-    """The errno for an exception raised by the resolver (the one mapping)."""
-    if isinstance(error, (InvalidManifest, HashMismatch, RemoteUnavailable)):
-        return errno.EIO
-    if isinstance(error, (InvalidURL, InvalidHash, FileNotFoundError)):
-        return errno.ENOENT
-    if isinstance(error, NotADirectoryError):
-        return errno.ENOTDIR
-    if isinstance(error, IsADirectoryError):
-        return errno.EISDIR
-    if isinstance(error, OSError) and error.errno:
-        return error.errno
-    return errno.EIO
 
 
 def _mapped(operation):

@@ -1,13 +1,13 @@
 """Mount lifecycle: prepare the mount point, serve, detach, unmount.
 
 - :func:`serve` mounts and serves in this process until unmounted or until
-  SIGINT/SIGTERM/SIGHUP (libfuse's handlers end the loop and unmount).
+  SIGINT/SIGTERM/SIGHUP, on either backend (:data:`BACKENDS`).
 - :func:`start_background` runs the same thing in a detached child process
   and returns once the mount is usable, or raises with the child's error.
 - A mount point left "Transport endpoint is not connected" by a killed daemon
   is recovered with a lazy unmount before mounting (:func:`prepare_mountpoint`).
-- The kernel adapter is imported only inside :func:`serve`, so this module
-  (and the CLI's help) loads without the FUSE library.
+- The backends are imported only inside :func:`serve`, so this module (and
+  the CLI's help) loads without the FUSE library.
 """
 
 import errno
@@ -96,10 +96,24 @@ def _unmount_command(mountpoint, lazy):
 
 # ------------------------------------------------------------------ serve
 
-def serve(kachery, mountpoint, allow_other=False, debug=False):
+#: The FUSE backends: the kernel protocol spoken directly (passthrough, kernel-
+#: cached listings), or libfuse through mfusepy.
+BACKENDS = ("kernel", "libfuse")
+
+
+def _runner(backend):
+    if backend == "libfuse":
+        from .fuse_adapter import run_fuse
+        return run_fuse
+    from .kernel_adapter import run_kernel
+    return run_kernel
+
+
+def serve(kachery, mountpoint, allow_other=False, debug=False, backend="kernel"):
     """Mount the namespace at ``mountpoint`` and serve until unmounted or signalled."""
-    from .fuse_adapter import run_fuse
     from .resolver import Resolver
+
+    run = _runner(backend)
 
     # Absolute: libfuse changes the working directory to / once mounted.
     mountpoint = os.path.abspath(mountpoint)
@@ -122,9 +136,10 @@ def serve(kachery, mountpoint, allow_other=False, debug=False):
         stats.start()
 
     try:
-        run_fuse(Resolver(kachery), mountpoint, allow_other=allow_other, debug=debug,
-                 on_ready=on_ready)
-    except RuntimeError as error:
+        run(Resolver(kachery), mountpoint, allow_other=allow_other, debug=debug, on_ready=on_ready)
+    except MountError:
+        raise
+    except (RuntimeError, OSError) as error:
         # libfuse reports a signal-ended loop as an error status too; only a
         # mount that never came up is a failure.
         if not ready.is_set():

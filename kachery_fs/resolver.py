@@ -164,6 +164,23 @@ class Resolver:
                 self._snapshot_times[digest] = cached
         return cached
 
+    def xattrs(self, path):
+        """{name: value} of the extended attributes at ``path``: each file's and
+        snapshot directory's hash URL (``user.kachery.url``) and a file's
+        content hash (``user.kachery.sha1`` / ``user.kachery.md5``)."""
+        parts = split_path(path)
+        if len(parts) < 2:
+            return {}
+        entry = self.lookup(path)
+        if parts[0] == "sha1dir":
+            if entry.is_dir:
+                return {"user.kachery.url": "sha1dir://" + "/".join(parts[1:])}
+        target = entry.target
+        url = f"{target.algorithm}://{target.digest}"
+        if parts[0] == "sha1dir":
+            url += "/" + parts[-1]
+        return {"user.kachery.url": url, f"user.kachery.{target.algorithm}": target.digest}
+
     # ------------------------------------------------------------ listing
 
     def list_dir(self, path):
@@ -211,6 +228,11 @@ class Resolver:
         descriptor themselves; None means "call read()".
         """
         return self._readers[handle][0].span(size, offset)
+
+    def local_fd(self, handle):
+        """The descriptor of the local object file an open handle reads, or None
+        (a remote file read lazily or held in memory)."""
+        return getattr(self._readers[handle][0], "fd", None)
 
     def entry_of(self, handle):
         """The Entry an open handle was opened on (for fstat on an open file)."""

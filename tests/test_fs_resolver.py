@@ -171,7 +171,7 @@ def test_object_with_wrong_size_is_refused(snapshot):
 # ------------------------------------------------------------ errno mapping
 
 def test_errno_mapping():
-    from kachery_fs.fuse_adapter import errno_for
+    from kachery_fs.errnos import errno_for
 
     assert errno_for(ObjectNotFound("x")) == errno.ENOENT
     assert errno_for(InvalidURL("x", "bad")) == errno.ENOENT
