@@ -48,6 +48,18 @@ def run_cli():
     return run
 
 
+@pytest.fixture(scope="module", params=["kernel", "libfuse"])
+def fuse_backend(request):
+    """Run a mount test module once per FUSE backend (kachery-mount reads KACHERY_FUSE)."""
+    previous = os.environ.get("KACHERY_FUSE")
+    os.environ["KACHERY_FUSE"] = request.param
+    yield request.param
+    if previous is None:
+        os.environ.pop("KACHERY_FUSE", None)
+    else:
+        os.environ["KACHERY_FUSE"] = previous
+
+
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
     """A real S3 store (SeaweedFS) shared by the session's tests; see s3_helpers."""

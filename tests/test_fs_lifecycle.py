@@ -14,7 +14,7 @@ from kachery_core.config import Config
 
 from fs_helpers import Mount, child_pids, command_path, force_unmount, is_stale, needs_fuse
 
-pytestmark = [pytest.mark.fuse, needs_fuse]
+pytestmark = [pytest.mark.fuse, needs_fuse, pytest.mark.usefixtures("fuse_backend")]
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ from kachery_core.config import Config
 
 from fs_helpers import Mount, make_tree, manifest_files, needs_fuse, tree_files
 
-pytestmark = [pytest.mark.fuse, needs_fuse]
+pytestmark = [pytest.mark.fuse, needs_fuse, pytest.mark.usefixtures("fuse_backend")]
 
 
 @pytest.fixture(scope="module")
-def mounted(tmp_path_factory):
+def mounted(tmp_path_factory, fuse_backend):
     """(Mount, snapshot directory inside it, source tree, {relpath: FileEntry})."""
     base = tmp_path_factory.mktemp("fsmount")
     source = make_tree(str(base / "src"))

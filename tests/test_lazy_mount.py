@@ -18,7 +18,8 @@ import pytest
 from fs_helpers import Mount, needs_fuse
 from server_helpers import command_path, free_port, servers  # noqa: F401  (fixture)
 
-pytestmark = [pytest.mark.fuse, pytest.mark.server, needs_fuse]
+pytestmark = [pytest.mark.fuse, pytest.mark.server, needs_fuse,
+              pytest.mark.usefixtures("fuse_backend")]
 
 CHUNK = 4 * 1024 * 1024
 BIG = 16 * CHUNK + 12345

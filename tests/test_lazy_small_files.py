@@ -15,7 +15,8 @@ import pytest
 from fs_helpers import Mount, needs_fuse
 from server_helpers import command_path, servers  # noqa: F401  (fixture)
 
-pytestmark = [pytest.mark.fuse, pytest.mark.server, needs_fuse]
+pytestmark = [pytest.mark.fuse, pytest.mark.server, needs_fuse,
+              pytest.mark.usefixtures("fuse_backend")]
 
 FILES = 100
 
