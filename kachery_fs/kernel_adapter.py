@@ -58,12 +58,22 @@ MIN_WORKERS = 4
 MAX_WORKERS = 48
 #: Directory entries kept packed for the kernel (about 200 bytes each).
 LISTING_CACHE_ENTRIES = 250_000
+#: Entries of a listing's first part sent with attributes to programs not
+#: known to stat what they list; and the file lookups that make a program known.
+PLUS_PROBE = 32
+STATTER_LOOKUPS = 16
 #: Passthrough backing files may sit on a file system one level stacked (overlayfs).
 MAX_STACK_DEPTH = 1
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_CREAT | os.O_APPEND
-_WANTED_INIT_FLAGS = (fk.ASYNC_READ | fk.BIG_WRITES | fk.DO_READDIRPLUS | fk.PARALLEL_DIROPS
-                      | fk.MAX_PAGES | fk.INIT_EXT)
+# READDIRPLUS_AUTO: the kernel asks for attributes with a listing only when
+# the program also stats the entries (ls -l does, find -type f does not).
+_WANTED_INIT_FLAGS = (fk.ASYNC_READ | fk.BIG_WRITES | fk.DO_READDIRPLUS | fk.READDIRPLUS_AUTO
+                      | fk.PARALLEL_DIROPS | fk.MAX_PAGES | fk.INIT_EXT)
+#: Extended attribute namespaces this file system does not have at all. Saying
+#: so (EOPNOTSUPP, not ENODATA) lets ls -l stop asking for SELinux labels and
+#: ACLs after the first file, instead of two round trips per file.
+_UNSUPPORTED_XATTRS = ("security.", "system.", "trusted.")
 
 
 class _Node:
@@ -103,6 +113,7 @@ class KernelFileSystem:
         self._nodes[fk.ROOT_ID].lookups = 1  # the kernel never forgets the root
         self._nodes_lock = threading.Lock()
         self._listings = LRUCache(maxsize=LISTING_CACHE_ENTRIES, getsizeof=len)
+        self._file_lookups = LRUCache(maxsize=1024)  # pid -> files it looked up (see _readdirplus)
         self._opens = {}  # nodeid -> _Open
         self._handles = {}  # fh -> nodeid
         self._opens_lock = threading.Lock()
@@ -166,7 +177,7 @@ class KernelFileSystem:
         self.finished.set()
 
     def _dispatch(self, request):
-        _, opcode, unique, nodeid, *_ = fk.IN_HEADER.unpack_from(request)
+        _, opcode, unique, nodeid, _, _, pid, _, _ = fk.IN_HEADER.unpack_from(request)
         body = request[fk.IN_HEADER.size:]
         if self.debug:
             log.debug("request %d: opcode %d node %d", unique, opcode, nodeid)
@@ -188,7 +199,7 @@ class KernelFileSystem:
         with self._pending_lock:
             self._pending.add(unique)
         try:
-            parts = handler(nodeid, body)
+            parts = handler(nodeid, body, pid)
         except Exception as error:  # every failure becomes one errno for the kernel
             code = errno_for(error)
             if code == errno.EIO:
@@ -264,6 +275,16 @@ class KernelFileSystem:
             node.lookups += 1
         return nodeid
 
+    def _remember_all(self, listed):
+        """Count one kernel lookup of each listed (name, path, Entry, dirent)."""
+        nodes = self._nodes
+        with self._nodes_lock:
+            for _, path, entry, _ in listed:
+                node = nodes.get(entry.inode)
+                if node is None:
+                    node = nodes[entry.inode] = _Node(path, entry)
+                node.lookups += 1
+
     def _forget(self, nodeid, count):
         with self._nodes_lock:
             node = self._nodes.get(nodeid)
@@ -287,65 +308,94 @@ class KernelFileSystem:
 
     # ------------------------------------------------------ metadata
 
-    def _lookup(self, parent, body):
+    def _lookup(self, parent, body, pid):
         name = bytes(body).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
         path = _join(self._node(parent).path, name)
         entry = self.resolver.lookup(path)
+        if not entry.is_dir:
+            self._file_lookups[pid] = self._file_lookups.get(pid, 0) + 1
         return [fk.pack_entry(self._remember(path, entry), self._attr(entry), CACHE_TIMEOUT)]
 
-    def _getattr(self, nodeid, body):
+    def _getattr(self, nodeid, body, _pid):
         entry = self._node(nodeid).entry
         return [fk.ATTR_OUT_PREFIX.pack(CACHE_TIMEOUT, 0, 0), self._attr(entry)]
 
-    def _statfs(self, nodeid, body):
+    def _statfs(self, nodeid, body, _pid):
         return [fk.STATFS_OUT.pack(0, 0, 0, 0, 0, BLOCK_SIZE, 255, BLOCK_SIZE, 0)]
 
     # ------------------------------------------------------- listings
 
-    def _readdir(self, nodeid, body):
+    def _readdir(self, nodeid, body, _pid):
         return self._list(nodeid, body, plus=False)
 
-    def _readdirplus(self, nodeid, body):
-        return self._list(nodeid, body, plus=True)
+    def _readdirplus(self, nodeid, body, pid):
+        # The kernel asks for attributes with the first part of every listing
+        # (and later parts once the program has looked entries up). Programs
+        # that never stat the entries (find, os.walk: the type comes with the
+        # name) get a first part of PLUS_PROBE entries, and the rest without
+        # attributes: the kernel then creates no inode per file. Programs seen
+        # looking files up (ls -l) get attributes for everything at once.
+        statter = self._file_lookups.get(pid, 0) >= STATTER_LOOKUPS
+        return self._list(nodeid, body, plus=True, limit=None if statter else PLUS_PROBE)
 
-    def _list(self, nodeid, body, plus):
-        """Entries from the read's offset while they fit in its size (offsets are indexes + 1)."""
+    def _list(self, nodeid, body, plus, limit=None):
+        """Entries from the read's offset while they fit in its size (offsets are indexes + 1).
+
+        The hot loop of a fresh ``find`` or ``ls -lR`` (the kernel asks for
+        up to 1 MiB at a time): one struct call per entry, one lock per reply.
+        """
         _, offset, size, _ = fk.READ_IN.unpack_from(body)
-        node = self._node(nodeid)
-        entries = self._listing(node)
-        records, used = [], 0
-        for index in range(offset, len(entries)):
-            name, child_path, entry = entries[index]
-            record = fk.pack_dirent(entry.inode, index + 1, name, entry.mode)
+        entries = self._listing(self._node(nodeid))
+        records, used, announced = [], 0, []
+        pack_plus, uid, gid = fk.ENTRY_AND_ATTR.pack, self.uid, self.gid
+        end = len(entries) if limit is None or offset else min(len(entries), limit)
+        for index in range(offset, end):
+            name, child_path, entry, record = entries[index]
             if plus:
                 if child_path is None:  # "." and "..": the kernel takes no lookup of them
-                    record = fk.pack_entry(0, bytes(fk.ATTR.size), 0) + record
+                    record = _EMPTY_ENTRY + record
                 else:
-                    record = fk.pack_entry(entry.inode, self._attr(entry), CACHE_TIMEOUT) + record
+                    ino, length = entry.inode, entry.size
+                    seconds, nanoseconds = divmod(entry.mtime_ns, 1_000_000_000)
+                    record = pack_plus(
+                        ino, 0, CACHE_TIMEOUT, CACHE_TIMEOUT, 0, 0,
+                        ino, length, (length + 511) >> 9, seconds, seconds, seconds,
+                        nanoseconds, nanoseconds, nanoseconds,
+                        entry.mode, entry.nlink, uid, gid, 0, BLOCK_SIZE, 0) + record
+                    announced.append(entries[index])
             if used + len(record) > size:
+                if announced and announced[-1] is entries[index]:
+                    announced.pop()
                 break
-            if plus and child_path is not None:
-                self._remember(child_path, entry)
             records.append(record)
             used += len(record)
+        if announced:
+            self._remember_all(announced)
         return records
 
     def _listing(self, node):
-        """[(name bytes, path or None, Entry)] of a directory, "." and ".." first."""
+        """[(name bytes, path or None, Entry, dirent)] of a directory, "." and ".." first.
+
+        Each entry's dirent (what a plain READDIR sends) is packed once here.
+        """
         entries = self._listings.get(node.path)
         if entries is None:
             if not node.entry.is_dir:
                 raise NotADirectoryError(node.path)
-            children = self.resolver.children(node.path, node.entry)
-            entries = [(b".", None, node.entry), (b"..", None, node.entry)] + [
-                (name.encode("utf-8", "surrogateescape"), _join(node.path, name), entry)
-                for name, entry in children]
+            prefix = node.path.rstrip("/") + "/"
+            pack = fk.pack_dirent
+            entries = [(b".", None, node.entry, pack(node.entry.inode, 1, b".", node.entry.mode)),
+                       (b"..", None, node.entry, pack(node.entry.inode, 2, b"..", node.entry.mode))]
+            entries += [(encoded, prefix + name, entry, pack(entry.inode, index, encoded, entry.mode))
+                        for index, (name, entry) in enumerate(
+                            self.resolver.children(node.path, node.entry), start=3)
+                        for encoded in (name.encode("utf-8", "surrogateescape"),)]
             self._listings[node.path] = entries
         return entries
 
     # ---------------------------------------------------------- files
 
-    def _open(self, nodeid, body):
+    def _open(self, nodeid, body, _pid):
         flags, _ = fk.OPEN_IN.unpack_from(body)
         if flags & _WRITE_FLAGS:
             raise OSError(errno.EROFS, "read-only file system")
@@ -387,7 +437,7 @@ class KernelFileSystem:
                 log.info("passthrough refused (%s); serving this file's reads", error)
             return None
 
-    def _read(self, nodeid, body):
+    def _read(self, nodeid, body, _pid):
         handle, offset, size, _ = fk.READ_IN.unpack_from(body)
         self.stats.add("mount_reads")
         span = self.resolver.span(handle, size, offset)
@@ -406,7 +456,7 @@ class KernelFileSystem:
             buffer = self._local.buffer = bytearray(max(length, MAX_PAGES * 4096))
         return memoryview(buffer)[:length]
 
-    def _release(self, nodeid, body):
+    def _release(self, nodeid, body, _pid):
         (handle,) = fk.RELEASE_IN.unpack_from(body)
         with self._opens_lock:
             # Before the release: a handle is a descriptor number, free for
@@ -424,22 +474,27 @@ class KernelFileSystem:
 
     # -------------------------------------------------------- xattrs
 
-    def _getxattr(self, nodeid, body):
+    def _getxattr(self, nodeid, body, _pid):
         size, _ = fk.GETXATTR_IN.unpack_from(body)
         name = bytes(body[fk.GETXATTR_IN.size:]).split(b"\0", 1)[0].decode("utf-8", "replace")
+        if name.startswith(_UNSUPPORTED_XATTRS):
+            raise OSError(errno.EOPNOTSUPP, name)
         value = self.resolver.xattrs(self._node(nodeid).path).get(name)
         if value is None:
             raise OSError(errno.ENODATA, name)
         return _sized(value.encode(), size)
 
-    def _listxattr(self, nodeid, body):
+    def _listxattr(self, nodeid, body, _pid):
         size, _ = fk.GETXATTR_IN.unpack_from(body)
         names = self.resolver.xattrs(self._node(nodeid).path)
         return _sized(b"".join(name.encode() + b"\0" for name in names), size)
 
-    def _destroy(self, nodeid, body):
+    def _destroy(self, nodeid, body, _pid):
         self.finished.set()
         return []
+
+
+_EMPTY_ENTRY = bytes(fk.ENTRY_PREFIX.size + fk.ATTR.size)
 
 
 def _sized(value, size):

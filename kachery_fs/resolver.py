@@ -74,10 +74,15 @@ def path_inode(path):
     Derived from the path (label included), not the content, so two files with
     equal bytes are not taken for hard links by tar, du or cp.
     """
-    if path in ("", "/"):
+    if path in _ROOT_PATHS:
         return ROOT_INODE
-    digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
-    return max(int.from_bytes(digest, "little") >> 1, ROOT_INODE + 1)
+    digest = _blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    inode = int.from_bytes(digest, "little") >> 1
+    return inode if inode > ROOT_INODE else ROOT_INODE + 1
+
+
+_ROOT_PATHS = frozenset(("", "/"))
+_blake2b = hashlib.blake2b
 
 
 def split_path(path):
@@ -196,7 +201,7 @@ class Resolver:
         if entry.children is None:
             names = TOP_DIRS if path.strip("/") == "" else ()
             return [(name, self._fixed_dir(prefix + name, [name])) for name in names]
-        return list(_snapshot_children(prefix, entry))
+        return _snapshot_children(prefix, entry)
 
     # -------------------------------------------------------------- reads
 
@@ -258,9 +263,20 @@ def _dir_entry(path, node, mtime_ns):
 
 
 def _snapshot_children(prefix, entry):
-    """Entries of a snapshot directory: files first, then directories (manifest order)."""
+    """Entries of a snapshot directory: files first, then directories (manifest order).
+
+    The loop of a fresh listing of a large snapshot (a list comprehension,
+    path_inode inlined: a directory's entries are never the root).
+    """
     mtime_ns = entry.mtime_ns
-    for name, node in entry.children.files.items():
-        yield name, Entry(False, node.size, path_inode(prefix + name), mtime_ns, 1)
-    for name, node in entry.children.dirs.items():
-        yield name, _dir_entry(prefix + name, node, mtime_ns)
+    head = prefix.encode("utf-8", "surrogateescape")
+    files = [(name, Entry(False, node.size, _child_inode(head, name), mtime_ns, 1))
+             for name, node in entry.children.files.items()]
+    return files + [(name, _dir_entry(prefix + name, node, mtime_ns))
+                    for name, node in entry.children.dirs.items()]
+
+
+def _child_inode(head, name):
+    inode = int.from_bytes(_blake2b(head + name.encode("utf-8", "surrogateescape"),
+                                    digest_size=8).digest(), "little") >> 1
+    return inode if inode > ROOT_INODE else ROOT_INODE + 1
