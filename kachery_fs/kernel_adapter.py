@@ -275,14 +275,15 @@ class KernelFileSystem:
             node.lookups += 1
         return nodeid
 
-    def _remember_all(self, listed):
-        """Count one kernel lookup of each listed (name, path, Entry, dirent)."""
+    def _remember_all(self, parent, listed):
+        """Count one kernel lookup of each listed (name, Entry, dirent) of ``parent``."""
+        prefix = parent.rstrip("/") + "/"
         nodes = self._nodes
         with self._nodes_lock:
-            for _, path, entry, _ in listed:
+            for name, entry, _ in listed:
                 node = nodes.get(entry.inode)
                 if node is None:
-                    node = nodes[entry.inode] = _Node(path, entry)
+                    node = nodes[entry.inode] = _Node(prefix + name, entry)
                 node.lookups += 1
 
     def _forget(self, nodeid, count):
@@ -345,14 +346,15 @@ class KernelFileSystem:
         up to 1 MiB at a time): one struct call per entry, one lock per reply.
         """
         _, offset, size, _ = fk.READ_IN.unpack_from(body)
-        entries = self._listing(self._node(nodeid))
+        node = self._node(nodeid)
+        entries = self._listing(node)
         records, used, announced = [], 0, []
         pack_plus, uid, gid = fk.ENTRY_AND_ATTR.pack, self.uid, self.gid
         end = len(entries) if limit is None or offset else min(len(entries), limit)
         for index in range(offset, end):
-            name, child_path, entry, record = entries[index]
+            _, entry, record = entries[index]
             if plus:
-                if child_path is None:  # "." and "..": the kernel takes no lookup of them
+                if index < 2:  # "." and "..": the kernel takes no lookup of them
                     record = _EMPTY_ENTRY + record
                 else:
                     ino, length = entry.inode, entry.size
@@ -370,11 +372,11 @@ class KernelFileSystem:
             records.append(record)
             used += len(record)
         if announced:
-            self._remember_all(announced)
+            self._remember_all(node.path, announced)
         return records
 
     def _listing(self, node):
-        """[(name bytes, path or None, Entry, dirent)] of a directory, "." and ".." first.
+        """[(name, Entry, dirent)] of a directory, "." and ".." first.
 
         Each entry's dirent (what a plain READDIR sends) is packed once here.
         """
@@ -382,14 +384,13 @@ class KernelFileSystem:
         if entries is None:
             if not node.entry.is_dir:
                 raise NotADirectoryError(node.path)
-            prefix = node.path.rstrip("/") + "/"
             pack = fk.pack_dirent
-            entries = [(b".", None, node.entry, pack(node.entry.inode, 1, b".", node.entry.mode)),
-                       (b"..", None, node.entry, pack(node.entry.inode, 2, b"..", node.entry.mode))]
-            entries += [(encoded, prefix + name, entry, pack(entry.inode, index, encoded, entry.mode))
+            entries = [(".", node.entry, pack(node.entry.inode, 1, b".", node.entry.mode)),
+                       ("..", node.entry, pack(node.entry.inode, 2, b"..", node.entry.mode))]
+            entries += [(name, entry, pack(entry.inode, index, name.encode("utf-8", "surrogateescape"),
+                                           entry.mode))
                         for index, (name, entry) in enumerate(
-                            self.resolver.children(node.path, node.entry), start=3)
-                        for encoded in (name.encode("utf-8", "surrogateescape"),)]
+                            self.resolver.children(node.path, node.entry), start=3)]
             self._listings[node.path] = entries
         return entries
 
