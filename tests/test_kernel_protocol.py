@@ -89,7 +89,7 @@ def _page_through(filesystem, nodeid, size, plus, pid=7):
 def test_a_listing_pages_through_replies_of_any_size_exactly_once(count, size, plus, statter):
     resolver = FlatResolver(count)
     filesystem = KernelFileSystem(resolver, channel=None)
-    folder = filesystem._remember("/d", resolver.lookup("/d"))
+    folder = filesystem._remember(filesystem._nodes[fk.ROOT_ID], "d", resolver.lookup("/d"))
     if statter:
         filesystem._file_lookups[7] = 10**6
     seen = _page_through(filesystem, folder, size, plus)
@@ -112,8 +112,10 @@ def test_a_listing_pages_through_replies_of_any_size_exactly_once(count, size, p
 def test_forget_in_batches_drops_nodes_only_when_their_count_reaches_zero():
     resolver = FlatResolver(3)
     filesystem = KernelFileSystem(resolver, channel=None)
-    folder = filesystem._remember("/d", resolver.lookup("/d"))
-    filesystem._remember("/d", resolver.lookup("/d"))
+    root = filesystem._nodes[fk.ROOT_ID]
+    folder = filesystem._remember(root, "d", resolver.lookup("/d"))
+    filesystem._remember(root, "d", resolver.lookup("/d"))
+    assert filesystem._nodes[folder].path == "/d"
     batch = fk.BATCH_FORGET_IN.pack(1, 0) + struct.pack("<QQ", folder, 1)
     filesystem._batch_forget(batch)
     assert folder in filesystem._nodes
