@@ -20,6 +20,7 @@ def test_unmount_of_a_plain_directory_is_one_line_error(run_cli, tmp_path):
     assert result.stderr.decode().strip().splitlines() == [f"kachery: error: not mounted: {tmp_path}"]
 
 
+@pytest.mark.usefixtures("fuse_backend")
 def test_mount_on_a_missing_directory_fails_cleanly(run_cli, storage_dir, tmp_path):
     result = run_cli("kachery-mount", tmp_path / "missing", timeout=30)
     assert result.returncode != 0
@@ -29,6 +30,7 @@ def test_mount_on_a_missing_directory_fails_cleanly(run_cli, storage_dir, tmp_pa
 
 @needs_fuse
 @pytest.mark.fuse
+@pytest.mark.usefixtures("fuse_backend")
 def test_allow_other_reaches_the_mount(tmp_path):
     with Mount(tmp_path / "mnt", tmp_path / "storage", ["--allow-other"]) as mount:
         with open("/proc/self/mounts") as table:
@@ -40,6 +42,7 @@ def test_allow_other_reaches_the_mount(tmp_path):
 
 @needs_fuse
 @pytest.mark.fuse
+@pytest.mark.usefixtures("fuse_backend")
 def test_md5_and_sha1_objects_are_served(tmp_path):
     from kachery_core.client import Kachery
     from kachery_core.config import Config

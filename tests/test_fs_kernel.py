@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from fs_helpers import Mount, command_path, is_stale, needs_fuse
+from fs_helpers import Mount, child_pids, command_path, is_stale, needs_fuse
 from hostile_helpers import HostileRemote
 from server_helpers import object_rel, put_local, servers  # noqa: F401,F811  (fixture)
 
@@ -159,6 +159,7 @@ def test_kill_9_of_the_daemon_leaves_no_stale_mount(tmp_path):
     with mount:
         with open(mount.path("sha1", digest), "rb") as file:
             assert file.read() == b"still here\n"
+        assert _helper_names(mount.process.pid) == ["fusermount3"]
         os.kill(mount.process.pid, signal.SIGKILL)
         mount.process.wait(10)
         deadline = time.monotonic() + 5
@@ -169,6 +170,36 @@ def test_kill_9_of_the_daemon_leaves_no_stale_mount(tmp_path):
     with Mount(tmp_path / "mnt", tmp_path / "storage") as again:  # and it mounts again at once
         with open(again.path("sha1", digest), "rb") as file:
             assert file.read() == b"still here\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount(2) needs root")
+def test_without_fusermount3_root_mounts_by_mount_2(tmp_path, monkeypatch):
+    tools = tmp_path / "bin"  # a PATH with umount but no fusermount3
+    tools.mkdir()
+    for name in ("umount", "mountpoint"):
+        found = shutil.which(name)
+        if found:
+            os.symlink(found, tools / name)
+    monkeypatch.setenv("PATH", str(tools))
+    digest = store(tmp_path / "storage", b"mounted by mount(2)\n")
+    with Mount(tmp_path / "mnt", tmp_path / "storage") as mount:
+        with open("/proc/self/mounts") as table:
+            line = next(line for line in table if line.split()[1] == mount.mountpoint)
+        assert line.split()[2] == "fuse.kachery" and "ro" in line.split()[3].split(",")
+        assert _helper_names(mount.process.pid) == []  # no fusermount3 waiting to auto-unmount
+        with open(mount.path("sha1", digest), "rb") as file:
+            assert file.read() == b"mounted by mount(2)\n"
+        mount.process.send_signal(signal.SIGTERM)
+        assert mount.process.wait(10) == 0
+        assert not os.path.ismount(mount.mountpoint)
+
+
+def _helper_names(pid):
+    names = []
+    for child in child_pids(pid):
+        with open(f"/proc/{child}/comm") as comm:
+            names.append(comm.read().strip())
+    return names
 
 
 def test_a_reader_killed_in_a_read_from_a_slow_remote_is_released_at_once(tmp_path):
