@@ -137,8 +137,10 @@ class KernelFileSystem:
         self._nodes = {fk.ROOT_ID: _Node(None, "/", root)}
         self._nodes[fk.ROOT_ID].lookups = 1  # the kernel never forgets the root
         self._nodes_lock = threading.Lock()
+        # Both LRU caches reorder themselves on every read: guarded by one lock.
         self._listings = LRUCache(maxsize=LISTING_CACHE_ENTRIES, getsizeof=len)
         self._file_lookups = LRUCache(maxsize=1024)  # pid -> files it looked up (see _readdirplus)
+        self._caches_lock = threading.Lock()
         self._opens = {}  # nodeid -> _Open
         self._handles = {}  # fh -> nodeid
         self._opens_lock = threading.Lock()
@@ -340,7 +342,8 @@ class KernelFileSystem:
         path = _join(parent.path, name)
         entry = self.resolver.lookup(path)
         if not entry.is_dir:
-            self._file_lookups[pid] = self._file_lookups.get(pid, 0) + 1
+            with self._caches_lock:
+                self._file_lookups[pid] = self._file_lookups.get(pid, 0) + 1
         return [fk.pack_entry(self._remember(parent, name, entry), self._attr(entry), CACHE_TIMEOUT)]
 
     def _getattr(self, nodeid, body, _pid):
@@ -362,7 +365,8 @@ class KernelFileSystem:
         # name) get a first part of PLUS_PROBE entries, and the rest without
         # attributes: the kernel then creates no inode per file. Programs seen
         # looking files up (ls -l) get attributes for everything at once.
-        statter = self._file_lookups.get(pid, 0) >= STATTER_LOOKUPS
+        with self._caches_lock:
+            statter = self._file_lookups.get(pid, 0) >= STATTER_LOOKUPS
         return self._list(nodeid, body, plus=True, limit=None if statter else PLUS_PROBE)
 
     def _list(self, nodeid, body, plus, limit=None):
@@ -405,7 +409,8 @@ class KernelFileSystem:
     def _listing(self, node):
         """The :class:`_Listing` of a directory node (built once, then cached)."""
         path = node.path
-        listing = self._listings.get(path)
+        with self._caches_lock:
+            listing = self._listings.get(path)
         if listing is None:
             if not node.entry.is_dir:
                 raise NotADirectoryError(path)
@@ -415,7 +420,9 @@ class KernelFileSystem:
             pack = fk.pack_dirent
             dirents = [pack(entry.inode, index, name.encode("utf-8", "surrogateescape"), entry.mode)
                        for index, (name, entry) in enumerate(zip(names, entries), start=1)]
-            listing = self._listings[path] = _Listing(names, entries, dirents)
+            listing = _Listing(names, entries, dirents)
+            with self._caches_lock:
+                self._listings[path] = listing
         return listing
 
     # ---------------------------------------------------------- files
