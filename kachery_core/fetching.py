@@ -43,7 +43,8 @@ log = logging.getLogger("kachery")
 
 #: Chunks fetched ahead of a sequential reader.
 READAHEAD_CHUNKS = 4
-#: Bytes read in order before a reader counts as sequential.
+#: The least run of in-order bytes that counts as sequential (a run must
+#: also span more than the chunk it is in).
 SEQUENTIAL_RUN = 1024 * 1024
 #: Objects up to this size are fetched into memory (see the module docstring).
 SMALL_MAX = 1024 * 1024
@@ -439,16 +440,18 @@ class Fetcher:
         return None
 
     def _read_ahead(self, target, manifest, offset, end, next_index):
-        """Fetch the next chunks once a reader has gone SEQUENTIAL_RUN bytes in
-        order. (Not sooner: the kernel's own read-ahead makes even a single
-        small random read look sequential for a request or two.)"""
+        """Fetch chunks ahead of a reader whose run of in-order reads spans
+        more than one chunk: one chunk ahead per chunk of run, up to
+        READAHEAD_CHUNKS. (Not sooner: the kernel's own read-ahead, and a
+        reader that fetches one aligned chunk-sized block, make a single
+        random read look sequential for a request or two.)"""
         with self._lock:
             expected, run = self._runs.get(target.digest, (None, 0))
             run = run + (end - offset) if expected == offset else end - offset
             self._runs[target.digest] = (end, run)
-        if run < SEQUENTIAL_RUN:
-            return
-        for index in range(next_index, min(next_index + READAHEAD_CHUNKS, len(manifest.chunks))):
+        chunk = manifest.chunks[next_index - 1]
+        ahead = min(READAHEAD_CHUNKS, (run - 1) // max(chunk.end - chunk.start, SEQUENTIAL_RUN))
+        for index in range(next_index, min(next_index + ahead, len(manifest.chunks))):
             self._chunk_future(target, manifest, index)
 
     # ---------------------------------------------------------- assembling

@@ -1,0 +1,61 @@
+"""A static HTTP mirror of a storage directory (SPEC §5) for tests that count
+what a client fetched: single-range support, bytes sent per path, and an
+optional lie (every partial answer with its first byte flipped)."""
+
+import http.server
+import os
+import threading
+
+
+class Mirror:
+    """A static HTTP mirror of a storage directory with single-range support,
+    counting the body bytes it sends per path; ``corrupt`` flips a byte of
+    every partial (206) answer."""
+
+    def __init__(self, root, corrupt=False):
+        self.root = str(root)
+        self.corrupt = corrupt
+        self.sent = {}
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                mirror.answer(self)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, request):
+        path = os.path.join(self.root, request.path.lstrip("/"))
+        if ".." in request.path or not os.path.isfile(path):
+            request.send_error(404)
+            return
+        data = open(path, "rb").read()
+        status, body = 200, data
+        header = request.headers.get("Range")
+        if header:
+            first, _, last = header.removeprefix("bytes=").partition("-")
+            start, end = int(first), min(int(last) + 1 if last else len(data), len(data))
+            status, body = 206, data[start:end]
+            if self.corrupt:
+                body = bytes([body[0] ^ 0xFF]) + body[1:]
+        request.send_response(status)
+        request.send_header("Content-Length", str(len(body)))
+        request.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            request.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+        request.end_headers()
+        request.wfile.write(body)
+        self.sent[request.path] = self.sent.get(request.path, 0) + len(body)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def object_rel(digest):
+    return f"/sha1/{digest[:2]}/{digest[2:4]}/{digest[4:6]}/{digest}"
