@@ -14,7 +14,7 @@ import click
 
 from kachery_core.client import DirTarget, Kachery
 from kachery_core.config import load_config
-from kachery_core.urls import dir_url
+from kachery_core.urls import dir_url, gateway_link
 
 from .exit_codes import ExitStatus, run_click_command
 from .exit_codes import _silence_stdout as silence_stdout
@@ -56,6 +56,22 @@ def locate_under_mount(url, mount_point):
     return mount_path(url, mount_point)
 
 
+def link_option(command):
+    return click.option(
+        "--link", is_flag=True,
+        help="Print web gateway links (on the first http(s) remote) instead of hash URLs.",
+    )(command)
+
+
+def gateway_server(kachery):
+    """Base URL of the first http(s) remote: the kachery server whose gateway
+    the --link addresses point at."""
+    for remote in kachery.config.remotes:
+        if remote.url.startswith(("http://", "https://")):
+            return remote.url
+    raise ValueError("--link needs a kachery server among the remotes (--remote URL or KACHERY_REMOTE)")
+
+
 def configure_logging():
     logging.basicConfig(format="kachery: %(levelname)s: %(message)s", level=logging.WARNING)
 
@@ -73,13 +89,15 @@ def configure_logging():
 @click.option("--mount-path", is_flag=True,
               help="Print each path under the kachery mount instead of the URL.")
 @mount_point_option
+@link_option
 @common_options
 def store_command(paths, algorithm, label, as_json, upload, upload_only, mount_path, mount_point,
-                  storage_dir, remotes):
+                  link, storage_dir, remotes):
     """Store files and directories; print one URL per PATH."""
     if label is not None and "/" in label:  # SPEC §1: it would read as a path in the URL
         raise ValueError(f"--label {label!r}: a label may not contain '/'")
     kachery = make_kachery(storage_dir, remotes)
+    server = gateway_server(kachery) if link else None  # before any work: a usage error
     progress = Progress.maybe("storing")
 
     def store_all(batch):
@@ -100,7 +118,9 @@ def store_command(paths, algorithm, label, as_json, upload, upload_only, mount_p
     for record in records:
         if mount_path:
             record["mount_path"] = locate_under_mount(record["url"], mount_point)
-        shown = record["mount_path"] if mount_path else record["url"]
+        if link:
+            record["link"] = gateway_link(record["url"], server)
+        shown = record["mount_path"] if mount_path else record["link"] if link else record["url"]
         click.echo(json.dumps(record) if as_json else shown)
 
 
@@ -212,19 +232,31 @@ def info_command(url, mount_point, storage_dir, remotes):
 @click.argument("url")
 @click.option("-l", "long", is_flag=True, help="Show sizes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of entries.")
+@link_option
 @common_options
-def ls_command(url, long, as_json, storage_dir, remotes):
-    """List a snapshot directory; directories end with '/'."""
-    target = make_kachery(storage_dir, remotes).resolve_dir(url)
+def ls_command(url, long, as_json, link, storage_dir, remotes):
+    """List a snapshot directory; directories end with '/'.
+
+    With --link, the first line is the directory's own gateway link and each
+    entry is shown as its link."""
+    kachery = make_kachery(storage_dir, remotes)
+    server = gateway_server(kachery) if link else None
+    target = kachery.resolve_dir(url)
     entries = _entries(target)
+    if link:
+        for item in entries:
+            item["link"] = gateway_link(item["url"], server) + ("/" if item["type"] == "dir" else "")
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
     try:
+        if link:
+            click.echo(gateway_link(target.url, server) + "/")
         for item in entries:
             suffix = "/" if item["type"] == "dir" else ""
             prefix = f"{item['size']:>14}  " if long else ""
-            click.echo(f"{prefix}{item['name']}{suffix}")
+            shown = item["link"] if link else f"{item['name']}{suffix}"
+            click.echo(f"{prefix}{shown}")
     except BrokenPipeError:  # `kachery-ls URL | head`: see cat_command
         silence_stdout()
 

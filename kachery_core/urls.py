@@ -127,3 +127,25 @@ def normalize_path(text, path):
         if "\0" in part:
             raise InvalidURL(text, "path contains a NUL character")
     return "/".join(parts)
+
+
+def gateway_link(url, server):
+    """The web gateway address (SPEC §5a) of ``url`` on the kachery server at
+    ``server`` (its base URL): a page or file a browser opens.
+
+    ``sha1dir://H.lbl/a/b`` -> ``<server>/sha1dir/H.lbl/a/b`` (a directory's
+    page or a file); ``sha1://H/x.csv`` -> ``<server>/sha1/H/x.csv`` (downloaded
+    as x.csv). Every segment is percent-encoded.
+    """
+    from urllib.parse import quote
+
+    url = parse_url(url) if isinstance(url, str) else url
+    base = server.rstrip("/")
+    if url.is_dir:
+        top = url.hash if url.name is None else f"{url.hash}.{url.name}"
+        segments = [top, *url.path_parts]
+        return f"{base}/sha1dir/" + "/".join(quote(part, safe="") for part in segments)
+    link = f"{base}/{url.scheme}/{url.hash}"
+    if url.name:
+        link += "/" + quote(url.name, safe="")
+    return link + (f"?manifest={url.manifest}" if url.manifest else "")

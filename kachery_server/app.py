@@ -63,11 +63,23 @@ class InFlight:
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
-def make_app(storage, access, max_upload):
-    """The aiohttp Application serving ``storage`` (storage.py)."""
+def make_app(storage, access, max_upload, gateway=True):
+    """The aiohttp Application serving ``storage`` (storage.py), with the web
+    gateway (gateway.py) unless ``gateway`` is False."""
     in_flight = InFlight()
     app = web.Application(client_max_size=MAX_JSON_BODY, middlewares=[in_flight.middleware])
-    app.add_routes(ObjectService(storage, access, max_upload).routes())
+    service = ObjectService(storage, access, max_upload)
+    if gateway:
+        from .gateway import Gateway, gateway_client
+
+        kachery = gateway_client(storage)
+        app.add_routes(Gateway(kachery, service.authorize).routes())
+
+        async def close_client(app):
+            kachery.close()
+
+        app.on_cleanup.append(close_client)
+    app.add_routes(service.routes())
     app[IN_FLIGHT] = in_flight
     return app
 

@@ -2,6 +2,7 @@
 
     kachery-server [--storage DIR|s3://BUCKET/PREFIX] [--s3-proxy] [--host H] [--port P]
                    [--config FILE] [--tls-cert F --tls-key F] [--max-upload SIZE] [--private]
+                   [--no-gateway]
     kachery-server verify [--quarantine] [--storage ...]
     kachery-server token add NAME [--write] [--config FILE]
     kachery-server token remove NAME [--config FILE]
@@ -32,6 +33,8 @@ _config_option = click.option(
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key.")
 @click.option("--max-upload", help="Largest accepted upload, e.g. 100G.")
 @click.option("--private", is_flag=True, default=None, help="Reads need a token too.")
+@click.option("--no-gateway", is_flag=True,
+              help="Serve only the object protocol (no /sha1dir/ pages or /sha1/<h>/<name>).")
 @click.option("--shutdown-grace", type=float, default=None, metavar="SECONDS",
               help="After SIGTERM, how long in-flight requests may finish (default 30).")
 @click.pass_context
@@ -49,7 +52,7 @@ def _storage(location, settings, proxy=None):
 
 
 def _serve(storage, s3_proxy, host, port, config_path, tls_cert, tls_key, max_upload, private,
-           shutdown_grace):
+           no_gateway, shutdown_grace):
     from .app import configure_logging, make_app, run, tls_context
 
     config_path = config_path or access.default_config_path()
@@ -62,7 +65,7 @@ def _serve(storage, s3_proxy, host, port, config_path, tls_cert, tls_key, max_up
     configure_logging()
     reads = "reads need a token" if private else "public reads"
     banner = f"serving {storage.describe()} ({reads}, {len(settings.tokens)} tokens)"
-    run(make_app(storage, rules, limit), host or settings.host,
+    run(make_app(storage, rules, limit, gateway=not no_gateway), host or settings.host,
         settings.port if port is None else port, context, banner, shutdown_grace)
 
 

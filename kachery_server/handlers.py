@@ -197,14 +197,16 @@ class ObjectService:
         return await asyncio.to_thread(_parse_hash_lists, await self.json_bodies.read(request))
 
 
-async def send_object(request, file, digest, size=None, stream=None):
+async def send_object(request, file, digest, size=None, stream=None, headers=None):
     """Answer GET/HEAD for an object: full, one range or 416.
 
     The bytes come from the open ``file`` (sendfile), or when it is None from
-    ``await stream(start, end)`` writing them to the response.
+    ``await stream(response, start, end)`` writing them to the response.
+    ``headers`` are added to (or replace) the usual ones, e.g. a Content-Type.
     """
     size = _file_size(file) if size is None else size
-    headers = {hdrs.ACCEPT_RANGES: "bytes", hdrs.ETAG: f'"{digest}"', hdrs.CACHE_CONTROL: IMMUTABLE}
+    headers = {hdrs.ACCEPT_RANGES: "bytes", hdrs.ETAG: f'"{digest}"', hdrs.CACHE_CONTROL: IMMUTABLE,
+               hdrs.CONTENT_TYPE: "application/octet-stream", **(headers or {})}
     if _not_modified(request, digest):
         return web.Response(status=304, headers=headers)
     chosen = parse_range(request.headers.get(hdrs.RANGE), size)
@@ -216,7 +218,6 @@ async def send_object(request, file, digest, size=None, stream=None):
         start, end, status = chosen.start, chosen.end, 206
         headers[hdrs.CONTENT_RANGE] = chosen.content_range(size)
     response = web.StreamResponse(status=status, headers=headers)
-    response.content_type = "application/octet-stream"
     response.content_length = end - start
     await response.prepare(request)
     if request.method != "HEAD" and end > start:
@@ -224,6 +225,8 @@ async def send_object(request, file, digest, size=None, stream=None):
             await _sendfile(request, file, start, end - start)
         else:
             await stream(response, start, end)
+    if request.transport is None or request.transport.is_closing():
+        return response  # cut short on purpose (a stream that failed verification)
     await response.write_eof()
     return response
 

@@ -11,7 +11,7 @@ packages=(fuse3 libfuse3-3 ca-certificates)
 extra=""
 for arg in "$@"; do
   case "$arg" in
-    --test) packages+=(sqlite3 curl tar findutils grep coreutils); extra="[test]" ;;
+    --test) packages+=(sqlite3 curl tar findutils grep coreutils chromium chromium-driver); extra="[test]" ;;
     --bench) packages+=(sqlite3 curl openssl nginx); extra="[test]" ;;
     *) echo "usage: $0 [--test] [--bench]" >&2; exit 2 ;;
   esac

@@ -129,8 +129,9 @@ class Servers:
         self.started = []
         self.count = 0
 
-    def kachery(self, storage=None, private=False, max_upload=None, extra=(), tls_ca=None):
-        """Start kachery-server with a write token and a read-only token."""
+    def kachery(self, storage=None, private=False, max_upload=None, extra=(), tls_ca=None, env=None):
+        """Start kachery-server with a write token and a read-only token
+        (``env``: extra environment, e.g. KACHERY_REMOTE for its gateway)."""
         self.count += 1
         base = self.tmp_path / f"server{self.count}"
         base.mkdir()
@@ -142,7 +143,8 @@ class Servers:
         args = ["--storage", storage, "--host", "127.0.0.1", "--port", "0", "--config", str(config)]
         if max_upload:
             args += ["--max-upload", str(max_upload)]
-        process = self._start([command_path("kachery-server"), *args, *extra], base, _BANNER, storage)
+        process = self._start([command_path("kachery-server"), *args, *extra], base, _BANNER, storage,
+                              env=dict(os.environ, **env) if env else None)
         process.write_token, process.read_token = write_token, read_token
         process.config = str(config)
         _wait_until_answering(process.url, verify=tls_ca or True)
@@ -160,11 +162,11 @@ class Servers:
         _wait_until_answering(process.url)
         return process
 
-    def _start(self, command, base, banner, storage, stdout_too=False):
+    def _start(self, command, base, banner, storage, stdout_too=False, env=None):
         log_path = base / "log.txt"
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(command, stdout=log if stdout_too else subprocess.DEVNULL,
-                                     stderr=log, stdin=subprocess.DEVNULL)
+                                     stderr=log, stdin=subprocess.DEVNULL, env=env)
         process = Process(popen, None, log_path, storage)
         self.started.append(process)
         process.url = _wait_for_banner(popen, log_path, banner)

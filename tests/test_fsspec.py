@@ -166,3 +166,43 @@ def test_glob_and_expand_path_keep_manifest_urls_literal(tmp_path, big_file):
     assert files.cat_file(literal, 0, 10) == data[:10]
     with pytest.raises(FileNotFoundError):
         files.info("0" * 40)
+
+
+_HDF5_AND_DASK_SCRIPT = r"""
+import json, sys
+import dask.dataframe, fsspec, h5py
+snapshot, h5_url = sys.argv[1], sys.argv[2]
+result = {}
+with fsspec.open(h5_url).open() as raw, h5py.File(raw, "r") as h5:
+    result["h5"] = h5["group/values"][10:15].tolist()
+frame = dask.dataframe.read_csv(f"sha1dir://{snapshot}/parts/*.csv")
+result["dask_rows"] = int(frame.shape[0].compute())
+result["dask_sum"] = int(frame["x"].sum().compute())
+print(json.dumps(result))
+"""
+
+
+def test_h5py_and_dask_read_through_fsspec(tmp_path, servers):  # noqa: F811
+    h5py = pytest.importorskip("h5py")
+    pytest.importorskip("dask.dataframe")
+    numpy = pytest.importorskip("numpy")
+    tree = tmp_path / "tree"
+    (tree / "parts").mkdir(parents=True)
+    for part in range(3):
+        rows = "".join(f"{part * 100 + i},{i}\n" for i in range(100))
+        (tree / "parts" / f"p{part}.csv").write_text("x,y\n" + rows)
+    with h5py.File(tmp_path / "values.h5", "w") as h5:
+        h5.create_dataset("group/values", data=numpy.arange(1000, dtype="int64") * 3)
+    server_storage = tmp_path / "server-storage"
+    snapshot = store(server_storage, tree).split("://", 1)[1]
+    h5_url = store(server_storage, tmp_path / "values.h5")
+    server = servers.kachery(storage=server_storage)
+    env = dict(os.environ, KACHERY_STORAGE_DIR=str(tmp_path / "empty"), KACHERY_REMOTE=server.url,
+               KACHERY_CONFIG="/nonexistent")
+    result = subprocess.run([sys.executable, "-c", _HDF5_AND_DASK_SCRIPT, snapshot, h5_url],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["h5"] == [30, 33, 36, 39, 42]
+    assert report["dask_rows"] == 300
+    assert report["dask_sum"] == sum(range(300))
