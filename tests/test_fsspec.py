@@ -206,3 +206,39 @@ def test_h5py_and_dask_read_through_fsspec(tmp_path, servers):  # noqa: F811
     assert report["h5"] == [30, 33, 36, 39, 42]
     assert report["dask_rows"] == 300
     assert report["dask_sum"] == sum(range(300))
+
+
+def test_one_client_per_process_shared_by_threads_and_rebuilt_after_a_fork(tmp_path, big_file):
+    import threading
+
+    import fsspec
+
+    storage, url, data = big_file
+    mirror = Mirror(storage)
+    try:
+        options = {"storage_dir": str(tmp_path / "empty"), "remotes": [mirror.url]}
+        fs = fsspec.filesystem("sha1dir", **options)
+        path = url.split("://", 1)[1] + "/big.bin"
+        assert fs.cat_file(path, 0, 10) == data[:10]  # the client's pools are running now
+        parent_client, seen = fs.kachery, []
+        threads = [threading.Thread(target=lambda: seen.append(
+            fsspec.filesystem("sha1dir", skip_instance_cache=True, **options).kachery))
+            for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(seen) == 8 and all(client is parent_client for client in seen)
+        pid = os.fork()
+        if pid == 0:  # the child: a client of its own that works
+            ok = False
+            try:
+                ok = (fs.kachery is not parent_client
+                      and fs.cat_file(path, 7 * CHUNK, 7 * CHUNK + 10) == data[7 * CHUNK:7 * CHUNK + 10])
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert fs.kachery is parent_client
+    finally:
+        mirror.close()
