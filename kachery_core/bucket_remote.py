@@ -1,18 +1,20 @@
 """A remote that is an S3 bucket (``s3://BUCKET/PREFIX`` in the remote list).
 
-The RemoteSet's failover policy and verification apply unchanged: this class
-is only the transport, with the same operations the HTTP transport gives
-(remote.py). Reads and writes use the user's own S3 credentials
-(kachery_core.bucket); writes are checked by the object store against the
-object's name, so nothing wrong becomes visible (see bucket.py).
+The transport interface of transport.py, as http_remote.py gives it for HTTP:
+the RemoteSet's failover policy and verification apply unchanged. Reads and
+writes use the user's own S3 credentials (kachery_core.bucket); writes are
+checked by the object store against the object's name, so nothing wrong
+becomes visible (see bucket.py).
 """
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from .bucket import Bucket
-from .errors import HashMismatch, ObjectNotFound
+from .errors import HashMismatch, ObjectNotFound, RemoteRejected, RemoteUnavailable
+from .hashing import new_hasher
+from .receiving import TransferFailed, pump, receive_hashing, uninitialized
+from .transport import SourceChanged, TransferSettings, is_in_memory, source_size
 
 #: PUTs of small objects in flight at once, per remote (a bucket has no batch API);
 #: 4 beat 2 and 8 for 10,000 files on 2 cores (30 s vs 35 and 33: the GIL).
@@ -20,30 +22,44 @@ UPLOAD_THREADS = 4
 
 
 class BucketRemote:
-    def __init__(self, url, timeout):
-        self.bucket = Bucket(url, timeout=timeout)
+    """One ``s3://BUCKET/PREFIX`` remote (``config.Remote``). Thread safe."""
+
+    def __init__(self, remote, settings=None, mark=None):
+        self.settings = settings or TransferSettings()
+        self.bucket = Bucket(remote.url, timeout=self.settings.timeout)
         self.url = self.bucket.url
         self._lock = threading.Lock()
         self._pool = None
 
+    def __repr__(self):
+        return f"BucketRemote({self.url!r})"
+
+    def prepare(self):
+        pass
+
     def size(self, algorithm, digest):
         return self.bucket.size(algorithm, digest)
 
-    def receive(self, algorithm, digest, fd, pump):
-        """Stream an object into ``fd`` with ``pump(readinto)`` (which hashes and
-        writes it); return what pump returns."""
+    def receive(self, algorithm, digest, fd, progress=None, early_writeback=True):
         _, body = self.bucket.open(algorithm, digest)
         with body:
-            return pump(body.readinto)
+            try:
+                return pump(self.settings.pace().paced(body.readinto), fd, new_hasher(algorithm),
+                            progress, early_writeback=early_writeback)[0]
+            except TransferFailed as error:
+                raise RemoteUnavailable(self.url, f"transfer broke: {error}") from None
 
-    def read_range(self, algorithm, digest, start, end, fill):
-        """``fill(readinto)`` over bytes [start, end) of an object."""
+    def read_range(self, algorithm, digest, start, end):
         size, body = self.bucket.open(algorithm, digest, start, end)
         if size != end - start:
             raise HashMismatch(f"{end - start} bytes", f"{size} bytes",
                                f"range of {algorithm}://{digest} from {self.url}")
+        data = uninitialized(end - start)
         with body:
-            return fill(body.readinto)
+            try:
+                return memoryview(data), receive_hashing(self.settings.pace().paced(body.readinto), data)
+            except TransferFailed as error:
+                raise RemoteUnavailable(self.url, f"transfer broke: {error}") from None
 
     def read_small(self, algorithm, digest, max_size):
         size = self.bucket.size(algorithm, digest)
@@ -52,6 +68,9 @@ class BucketRemote:
         if size > max_size:  # an oversized object cannot be the one asked for
             raise HashMismatch(digest, f"an object of {size} bytes", f"download from {self.url}")
         return self.bucket.read(algorithm, digest)
+
+    def read_small_many(self, wanted, max_size):
+        return {}  # a bucket has no batch download: the caller GETs each
 
     def has_many(self, objects):
         return self.bucket.has_many(objects)
@@ -62,13 +81,10 @@ class BucketRemote:
         The caller hashed ``source`` to ``digest``: if the store finds other
         bytes, a file changed under the upload (SourceChanged).
         """
-        from .errors import RemoteRejected
-        from .remote import SourceChanged
-
         try:
             return 201 if self.bucket.put(algorithm, digest, source, progress=progress) else 200
         except (RemoteRejected, HashMismatch):
-            if isinstance(source, (bytes, bytearray, memoryview)):
+            if is_in_memory(source):
                 raise
             raise SourceChanged(source) from None
 
@@ -77,8 +93,7 @@ class BucketRemote:
             algorithm, digest, source = item
             self.upload(algorithm, digest, source)
             if progress:
-                in_memory = isinstance(source, (bytes, bytearray, memoryview))
-                progress(len(source) if in_memory else os.path.getsize(source))
+                progress(source_size(source))
 
         # One pool per remote, however many callers batch at once: more PUTs in
         # flight than boto3's connection pool (32) made it drop and reopen

@@ -30,7 +30,7 @@ UPLOAD_WORKERS = 8
 #: Small objects per POST /api/upload, and bytes per such request.
 BATCH_COUNT = 1000
 BATCH_BYTES = 8 * 1024 * 1024
-#: Objects up to this size go in batches (must not exceed remote.BATCH_OBJECT_MAX).
+#: Objects up to this size go in batches (must not exceed http_remote.BATCH_OBJECT_MAX).
 SMALL_OBJECT = 1024 * 1024
 #: With keep_local=False, small objects up to this many bytes in all stay in memory.
 MEMORY_BUDGET = 256 * 1024 * 1024

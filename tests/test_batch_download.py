@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kachery_core.config import Remote
-from kachery_core.remote import RemoteSet, _batch_body, _parse_objects
+from kachery_core.http_remote import _batch_body, _parse_objects
+from kachery_core.remote import RemoteSet
 from kachery_server import batch
 from server_helpers import (  # noqa: F401  (fixtures)
     dead_url, object_rel, put_local, servers, sha1, shared_server,
@@ -215,7 +216,7 @@ def test_fetch_small_many_from_a_static_server_is_empty_and_not_asked_again(serv
     static = servers.static(root)
     remotes = remote_set(static.url)
     assert remotes.fetch_small_many(keys, 1 << 20) == {}
-    assert remotes._no_download_api == {static.url}
+    assert [t.download_api for t in map(remotes.transport, remotes.remotes)] == [False]
     assert log_count(static, "POST /api/download") == 1
     assert remotes.fetch_small_many(keys, 1 << 20) == {}
     assert remotes.fetch_small_many(keys[:1], 1 << 20) == {}
@@ -251,7 +252,7 @@ def test_fetch_small_many_remembers_each_no_api_status(status):
         assert remotes.fetch_small_many([key, ("md5", md5(b"y"))], 100) == {}
         assert remotes.fetch_small_many([key], 100) == {}
         assert asked == ["/api/download"]
-        assert remotes._no_download_api == {url}
+        assert [t.download_api for t in map(remotes.transport, remotes.remotes)] == [False]
     finally:
         server.shutdown()
         server.server_close()
@@ -262,7 +263,7 @@ def test_fetch_small_many_from_a_dead_remote_is_empty_and_quick():
     started = time.monotonic()
     assert remotes.fetch_small_many([("sha1", sha1(b"a")), ("md5", md5(b"b"))], 1 << 20) == {}
     assert time.monotonic() - started < 3
-    assert remotes._no_download_api == set()  # down is not "no API": asked again later
+    assert all(remotes.transport(r).download_api for r in remotes.remotes)  # down is not "no API": asked again later
 
 
 @pytest.mark.server
@@ -372,7 +373,7 @@ def test_an_unreadable_object_leaves_the_rest_of_its_batch_intact(servers):
     assert answer.content == objects_body(*[(alg, d, blob) for (alg, d), blob in zip(keys, blobs)])
     remotes = remote_set(server.url)
     assert remotes.fetch_small_many(keys + [("sha1", broken)], 4096) == dict(zip(keys, blobs))
-    assert remotes._live() == list(remotes.remotes)  # not taken for down
+    assert [t.url for t in remotes._live()] == [r.url for r in remotes.remotes]  # not taken for down
 
 
 @pytest.mark.server

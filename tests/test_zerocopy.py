@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kachery_core import remote as remote_module
+from kachery_core import http_remote as remote_module
 from kachery_core import zerocopy
 from kachery_core.config import Remote
 from kachery_core.errors import HashMismatch, RemoteUnavailable
@@ -89,7 +89,7 @@ def test_spliced_download_reuses_the_connection(shared_server, tmp_path, spliced
     for digest, blob in zip(digests, blobs):
         assert read(remotes.download("sha1", digest, store)) == blob
     assert len(spliced) == 3
-    pool = remotes._direct_pool(remotes.remotes[0]).connection_from_url(shared_server.url)
+    pool = remotes.transport(remotes.remotes[0]).direct_pool().connection_from_url(shared_server.url)
     assert pool.num_connections == 1
 
 
