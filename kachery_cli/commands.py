@@ -5,6 +5,7 @@ Each is a thin click command over kachery_core, also reachable as
 stderr (see exit_codes.py for the error contract).
 """
 
+import functools
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from kachery_core.client import DirTarget, Kachery
 from kachery_core.config import load_config
 from kachery_core.urls import dir_url, gateway_link
 
+from . import interrupt
 from .exit_codes import ExitStatus, run_click_command
 from .exit_codes import _silence_stdout as silence_stdout
 from .progress import Progress
@@ -56,6 +58,17 @@ def locate_under_mount(url, mount_point):
     return mount_path(url, mount_point)
 
 
+def stops_at_once(function):
+    """Ctrl-C and SIGTERM end the command at once, with nothing partial left
+    (exit 130 / 143; see interrupt.py). Innermost decorator: runs when the
+    command starts, after click parsed its options."""
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        interrupt.install()
+        return function(*args, **kwargs)
+    return run
+
+
 def link_option(command):
     return click.option(
         "--link", is_flag=True,
@@ -91,6 +104,7 @@ def configure_logging():
 @mount_point_option
 @link_option
 @common_options
+@stops_at_once
 def store_command(paths, algorithm, label, as_json, upload, upload_only, mount_path, mount_point,
                   link, storage_dir, remotes):
     """Store files and directories; print one URL per PATH."""
@@ -149,6 +163,7 @@ def _store_one(kachery, batch, path, algorithm, label, progress):
 @click.option("--end", type=click.IntRange(min=0),
               help="Only the bytes before here, exclusive (needs --dest; a file URL).")
 @common_options
+@stops_at_once
 def load_command(url, dest, start, end, storage_dir, remotes):
     """Fetch a file or a whole snapshot directory; print its local path.
 
@@ -211,6 +226,7 @@ def _default_dir_name(url):
 @click.argument("url")
 @mount_point_option
 @common_options
+@stops_at_once
 def info_command(url, mount_point, storage_dir, remotes):
     """Print JSON about a URL: path, size, hashes (or a directory's totals).
 
@@ -234,6 +250,7 @@ def info_command(url, mount_point, storage_dir, remotes):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of entries.")
 @link_option
 @common_options
+@stops_at_once
 def ls_command(url, long, as_json, link, storage_dir, remotes):
     """List a snapshot directory; directories end with '/'.
 
@@ -284,6 +301,7 @@ def _entries(target):
 @click.option("--start", type=click.IntRange(min=0), default=0, help="First byte (default 0).")
 @click.option("--end", type=click.IntRange(min=0), help="End byte, exclusive (default: size).")
 @common_options
+@stops_at_once
 def cat_command(url, start, end, storage_dir, remotes):
     """Write a file's bytes (or the range [start, end)) to stdout, streamed."""
     if end is not None and end < start:
@@ -358,6 +376,7 @@ def _copy_range(file, offset, end, out_fd):
 @click.option("--quarantine", is_flag=True, help="Move corrupt objects to <storage>/quarantine/.")
 @click.option("--clean-temp", is_flag=True, help="Also delete temp files of killed processes.")
 @common_options
+@stops_at_once
 def verify_command(quarantine, clean_temp, storage_dir, remotes):
     """Re-hash every stored object and cached download; report corrupt ones (exit 3 if any)."""
     from kachery_core.verify import verify_store
@@ -384,6 +403,7 @@ def verify_command(quarantine, clean_temp, storage_dir, remotes):
 
 @click.command("config")
 @common_options
+@stops_at_once
 def config_command(storage_dir, remotes):
     """Print the effective configuration (storage directory, remotes) as JSON."""
     from kachery_core.config import config_file_path
@@ -402,6 +422,7 @@ def config_command(storage_dir, remotes):
 @click.command("cache")
 @click.option("--clear", is_flag=True, help="Delete everything in the download cache.")
 @common_options
+@stops_at_once
 def cache_command(clear, storage_dir, remotes):
     """Show the download cache's usage (JSON); --clear empties it.
 

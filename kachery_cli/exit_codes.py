@@ -81,11 +81,16 @@ def _path_suffix(error):
     return f": {error.filename}" if getattr(error, "filename", None) else ""
 
 
-def run_reporting_errors(body, *args, **kwargs):
-    """Run ``body``; turn expected failures into one stderr line and an exit code."""
+def run_reporting_errors(body, *args, stop=None, **kwargs):
+    """Run ``body``; turn expected failures into one stderr line and an exit code.
+
+    ``stop(interruption)``, when given, handles Ctrl-C/SIGTERM instead of the
+    plain exit 130 (the commands' interrupt.stop_now: at once, cleaned up)."""
     try:
         return body(*args, **kwargs)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
+        if stop is not None:
+            stop(interruption)
         sys.stderr.write("kachery: interrupted\n")
         sys.exit(ExitStatus.INTERRUPTED)
     except BrokenPipeError:
@@ -117,6 +122,8 @@ def run_click_command(command, prog_name):
     """
     import click
 
+    from . import interrupt
+
     no_args_is_help = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
     def invoke():
@@ -132,11 +139,16 @@ def run_click_command(command, prog_name):
         except click.ClickException as error:
             sys.stderr.write(f"kachery: error: {_one_line(error.format_message())}\n")
             sys.exit(error.exit_code)
-        except click.Abort:
-            raise KeyboardInterrupt from None
+        except click.Abort as error:  # click's wrapping of Ctrl-C (or of our SIGTERM)
+            cause = error.__cause__ or error.__context__
+            raise (cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt()) from None
         sys.exit(status if isinstance(status, int) else ExitStatus.OK)
 
-    run_reporting_errors(invoke)
+    def stop(interruption):
+        if interrupt.installed():  # a command that stops at once (see interrupt.py)
+            interrupt.stop_now(interruption)
+
+    run_reporting_errors(invoke, stop=stop)
 
 
 def _one_line(text):

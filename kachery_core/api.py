@@ -166,13 +166,17 @@ def file_entry_dict(entry):
 
 @none_if_missing
 def get_file_info(url, **options):
-    """{"path", "size", "sha1" or "md5", ["manifest"]} of the file at ``url``."""
+    """{"path", "size", "sha1" or "md5", ["manifest"]} of the file at ``url``
+    (``path`` is None when the file is not on this machine: nothing is downloaded)."""
     kachery = client(options.get("storage_dir"), options.get("remotes"))
     return file_info(kachery, url)
 
 
 def file_info(kachery, url):
-    """Info dict of a file URL, or of a snapshot directory (no local path then)."""
+    """Info dict of a file URL, or of a snapshot directory (no local path then).
+
+    Answered from the manifests and a HEAD (the size), never from content:
+    ``path`` is the local copy when there is one, else None."""
     parsed = parse_url(url) if isinstance(url, str) else url
     target = kachery.resolve(parsed)
     if isinstance(target, DirTarget):
@@ -180,7 +184,7 @@ def file_info(kachery, url):
         return {"url": str(parsed), "type": "dir", "sha1dir": parsed.hash,
                 "files": count, "size": total}
     info = {"url": str(parsed), "type": "file",
-            "path": kachery.file_path(target),
+            "path": kachery.find_local(target.algorithm, target.digest),
             "size": target.size, target.algorithm: target.digest}
     if target.manifest:
         info["manifest"] = target.manifest

@@ -192,6 +192,17 @@ def _copied_in_kernel(source, target):
 _NO_COPY_FILE_RANGE = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM)
 
 
+#: Partial names this process has used (those still there are in progress).
+_partials = set()
+
+
+def remove_partials():
+    """Remove this process's partial copies now (a command stopped at once
+    by Ctrl-C or SIGTERM, see kachery_cli/interrupt.py)."""
+    for path in list(_partials):
+        _remove_tree_quietly(path)
+
+
 def _partial_name(dest):
     """The hidden name a copy is written under before it becomes ``dest``.
     Partial copies of the same destination left by killed processes (their
@@ -207,7 +218,9 @@ def _partial_name(dest):
         pid = name[len(prefix):]
         if pid.isdigit() and not pid_alive(int(pid)):
             _remove_tree_quietly(os.path.join(directory, name))
-    return os.path.join(directory, f"{prefix}{os.getpid()}")
+    partial = os.path.join(directory, f"{prefix}{os.getpid()}")
+    _partials.add(partial)
+    return partial
 
 
 def _remove_tree_quietly(path):

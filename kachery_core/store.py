@@ -225,6 +225,24 @@ def _scandir_or_empty(path):
         return []
 
 
+def remove_own_temps():
+    """Remove this process's temp files and writer locks in every temp area
+    it wrote to, now (for a command ended by Ctrl-C or SIGTERM, whose worker
+    threads are not waited for). A temp being renamed at that moment is
+    already an object: complete and verified."""
+    for (pid, temp_dir), prefix in list(_WriterLock._prefixes.items()):
+        if pid != os.getpid():
+            continue
+        try:
+            names = os.listdir(temp_dir)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(prefix + "."):
+                _remove_quietly(os.path.join(temp_dir, name))
+        _remove_quietly(_lock_path(temp_dir, prefix))
+
+
 class _WriterLock:
     """This process's lock in each temp area it writes to (see the module docstring)."""
 

@@ -61,13 +61,28 @@ class InFlight:
 
 
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
+#: Logged status of a request whose client hung up before it was answered
+#: (nginx's convention); nothing it sent is kept.
+CLIENT_GONE = 499
+
+
+@web.middleware
+async def client_gone(request, handler):
+    """A client that hangs up mid-request (an interrupted upload) is one log
+    line, not a traceback and a 500: the handler has already dropped what it
+    received (see handlers.receive_object)."""
+    try:
+        return await handler(request)
+    except ConnectionResetError:
+        log.info("kachery-server: %s %s: the client went away", request.method, request.path)
+        return web.Response(status=CLIENT_GONE)
 
 
 def make_app(storage, access, max_upload, gateway=True):
     """The aiohttp Application serving ``storage`` (storage.py), with the web
     gateway (gateway.py) unless ``gateway`` is False."""
     in_flight = InFlight()
-    app = web.Application(client_max_size=MAX_JSON_BODY, middlewares=[in_flight.middleware])
+    app = web.Application(client_max_size=MAX_JSON_BODY, middlewares=[in_flight.middleware, client_gone])
     service = ObjectService(storage, access, max_upload)
     if gateway:
         from .gateway import Gateway, gateway_client

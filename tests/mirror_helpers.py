@@ -1,10 +1,11 @@
 """A static HTTP mirror of a storage directory (SPEC §5) for tests that count
-what a client fetched: single-range support, bytes sent per path, and an
-optional lie (every partial answer with its first byte flipped)."""
+what a client fetched: GET and HEAD, single-range support, body bytes sent per path, an
+optional lie (every partial answer with its first byte flipped) and an optional pace."""
 
 import http.server
 import os
 import threading
+import time
 
 
 class Mirror:
@@ -12,9 +13,10 @@ class Mirror:
     counting the body bytes it sends per path; ``corrupt`` flips a byte of
     every partial (206) answer."""
 
-    def __init__(self, root, corrupt=False):
+    def __init__(self, root, corrupt=False, rate=None):
         self.root = str(root)
         self.corrupt = corrupt
+        self.rate = rate  # bytes per second of every body, None: as fast as it goes
         self.sent = {}
         mirror = self
 
@@ -23,13 +25,19 @@ class Mirror:
                 pass
 
             def do_GET(self):
-                mirror.answer(self)
+                try:
+                    mirror.answer(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away (an interrupted download)
+
+            def do_HEAD(self):
+                mirror.answer(self, head=True)
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def answer(self, request):
+    def answer(self, request, head=False):
         path = os.path.join(self.root, request.path.lstrip("/"))
         if ".." in request.path or not os.path.isfile(path):
             request.send_error(404)
@@ -49,7 +57,15 @@ class Mirror:
         if status == 206:
             request.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         request.end_headers()
-        request.wfile.write(body)
+        if head:
+            return
+        if self.rate:
+            step = 64 * 1024
+            for start in range(0, len(body), step):
+                request.wfile.write(body[start:start + step])
+                time.sleep(step / self.rate)
+        else:
+            request.wfile.write(body)
         self.sent[request.path] = self.sent.get(request.path, 0) + len(body)
 
     def close(self):

@@ -186,3 +186,61 @@ class SeaweedS3:
     def __exit__(self, *exc):
         self.stop()
         return False
+
+
+class RecordingProxy:
+    """A TCP proxy in front of the S3 store that keeps every byte clients
+    send through it, so a test sees the requests the store received."""
+
+    def __init__(self, upstream_port):
+        import threading
+
+        self.upstream_port = upstream_port
+        self.sent = bytearray()
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._threads = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            for source, target, record in ((client, upstream, True), (upstream, client, False)):
+                thread = threading.Thread(target=self._pipe, args=(source, target, record), daemon=True)
+                thread.start()
+
+    def _pipe(self, source, target, record):
+        try:
+            while data := source.recv(65536):
+                if record:
+                    with self._lock:
+                        self.sent += data
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def request_heads(self):
+        """The request heads sent so far (for requests without bodies: GET, HEAD)."""
+        with self._lock:
+            text = bytes(self.sent).decode("latin-1")
+        return [head for head in text.split("\r\n\r\n") if head.strip()]
+
+    def clear(self):
+        with self._lock:
+            self.sent.clear()
+
+    def close(self):
+        self._listener.close()

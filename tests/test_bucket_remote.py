@@ -70,6 +70,13 @@ def test_a_missing_object_and_a_dead_bucket_are_one_line_errors(machine, run_cli
     result = run_cli("kachery-cat", missing, env=env)
     assert result.returncode == 4, result.stderr.decode()
     assert len(result.stderr.decode().strip().splitlines()) == 1
+    for wrong in ({"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, {"AWS_ACCESS_KEY_ID": "nobody"}):
+        result = run_cli("kachery-cat", missing, env=dict(machine("A"), **wrong))
+        assert result.returncode == 5, (wrong, result.stderr.decode())  # access denied
+        assert len(result.stderr.decode().strip().splitlines()) == 1
+    result = run_cli("kachery-cat", missing, env=dict(machine("A", "s3://no-such-bucket-here/x")))
+    assert result.returncode in (1, 5), result.stderr.decode()  # not found, or not allowed to know
+    assert len(result.stderr.decode().strip().splitlines()) == 1
 
 
 def test_a_changed_file_is_never_uploaded_under_its_old_name(seaweed, s3_bucket, tmp_path):

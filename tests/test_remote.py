@@ -5,6 +5,7 @@ misbehaving servers (5xx, truncated and corrupt bodies)."""
 import hashlib
 import http.server
 import os
+import time
 import threading
 
 import pytest
@@ -342,6 +343,9 @@ def test_upload_many_through_the_batch_api(servers, tmp_path):
     remotes.upload_many([("sha1", sha1(b), b) for b in blobs], sent.append)
     assert sum(sent) >= sum(map(len, blobs))
     assert len(stored_objects(server.storage)) == 30
+    deadline = time.monotonic() + 5  # the access log line is written after the answer
+    while "POST /api/upload" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert "POST /api/upload" in server.log() and "PUT /" not in server.log()
 
 

@@ -202,3 +202,37 @@ def test_a_snapshot_through_a_bucket_server_lists_cats_and_mounts(
             assert file.read(4096) == big[6_000_000:6_004_096]
             file.seek(0)
             assert file.read() == big
+
+
+def test_the_bucket_receives_range_and_never_the_token(servers, seaweed, s3_bucket, tmp_path):
+    """Our client against a private server on a bucket, with a recording proxy
+    as the bucket's endpoint: the redirected GETs the object store receives
+    carry the Range asked for and no bearer token."""
+    from kachery_core.client import FileTarget
+    from kachery_core.config import Remote
+    from kachery_core.manifest import Chunk
+    from kachery_core.remote import RemoteSet
+    from kachery_core.store import LocalStore
+    from s3_helpers import RecordingProxy
+
+    proxy = RecordingProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
+    try:
+        server = servers.kachery(storage=f"s3://{s3_bucket}/p", private=True,
+                                 env={"AWS_ENDPOINT_URL": proxy.url})
+        data = os.urandom(2_000_000).replace(b"Bearer", b"bearer")
+        digest = sha1(data)
+        assert put(server, data).status_code == 201
+        proxy.clear()  # from here on only our client's reads
+        remotes = RemoteSet([Remote(server.url, server.read_token)], retries=1)
+        start, end = 500_000, 700_000
+        chunk = Chunk(start, end, hashlib.sha1(data[start:end]).hexdigest())
+        assert remotes.fetch_chunk(FileTarget("sha1", digest, len(data)), chunk) == data[start:end]
+        path = remotes.download("sha1", digest, LocalStore(str(tmp_path / "client")))
+        assert open(path, "rb").read() == data
+        gets = [head for head in proxy.request_heads() if head.startswith("GET ")]
+        assert len(gets) == 2, gets
+        assert all("bearer" not in head.lower() and server.read_token not in head for head in gets)
+        assert f"range: bytes={start}-{end - 1}" in gets[0].lower()
+        assert "range:" not in gets[1].lower()
+    finally:
+        proxy.close()

@@ -1,0 +1,174 @@
+"""What a new user trips over (issue 14), each through the real commands:
+information about remote files never downloads them; an interrupted
+transfer stops at once, leaves nothing partial and exits 130 (SIGTERM: 143)."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from mirror_helpers import Mirror, object_rel
+from server_helpers import command_path, servers  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.server
+
+CHUNK = 4 * 1024 * 1024
+
+
+def env_for(storage, remote=None):
+    env = dict(os.environ, KACHERY_STORAGE_DIR=str(storage), KACHERY_CONFIG="/nonexistent",
+               KACHERY_TOKEN="")
+    env.pop("KACHERY_REMOTE", None)
+    if remote:
+        env["KACHERY_REMOTE"] = remote
+    return env
+
+
+def run(command, storage, *args, remote=None):
+    return subprocess.run([command_path(command), *map(str, args)], env=env_for(storage, remote),
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def remote_files(tmp_path):
+    """A mirror over a storage holding a large file (with a manifest), a small
+    one and a snapshot of both; yields (mirror, {name: url}, {name: bytes})."""
+    data = {"big.bin": random.Random(1).randbytes(5 * CHUNK + 3), "small.txt": b"small\n"}
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name, content in data.items():
+        (tree / name).write_bytes(content)
+    storage = tmp_path / "remote-storage"
+    urls = {name: run("kachery-store", storage, tree / name).stdout.strip() for name in data}
+    urls["tree"] = run("kachery-store", storage, tree).stdout.strip()
+    mirror = Mirror(storage)
+    yield mirror, urls, data
+    mirror.close()
+
+
+def content_bytes_sent(mirror, data):
+    return sum(mirror.sent.get(object_rel(hashlib.sha1(content).hexdigest()), 0)
+               for content in data.values())
+
+
+def test_info_and_ls_of_remote_files_fetch_no_content(tmp_path, remote_files):
+    mirror, urls, data = remote_files
+    empty = tmp_path / "empty"
+    for url in (urls["big.bin"], urls["small.txt"], urls["tree"] + "/big.bin"):
+        result = run("kachery-info", empty, url, remote=mirror.url)
+        assert result.returncode == 0, result.stderr
+        info = json.loads(result.stdout)
+        assert info["size"] == len(data[url.rsplit("/", 1)[1].partition("?")[0]])
+        assert info["path"] is None  # not on this machine, and not fetched to say so
+    listing = run("kachery-ls", empty, "-l", urls["tree"], remote=mirror.url)
+    assert listing.returncode == 0 and str(len(data["big.bin"])) in listing.stdout
+    assert content_bytes_sent(mirror, data) == 0
+    cached = {path.name for path in empty.rglob("*") if path.is_file()}  # manifests, not content
+    assert not cached & {hashlib.sha1(content).hexdigest() for content in data.values()}
+    script = ("import json, sys, kachery_core as ka; "
+              "print(json.dumps(ka.get_file_info(sys.argv[1])))")
+    result = subprocess.run(["python3", "-c", script, urls["big.bin"]], capture_output=True,
+                            text=True, env=env_for(empty, mirror.url), timeout=60)
+    assert json.loads(result.stdout)["size"] == len(data["big.bin"]), result.stderr
+    assert content_bytes_sent(mirror, data) == 0
+
+
+def leftovers(storage):
+    """Temp files and partial objects under a storage directory."""
+    return [str(path) for path in storage.rglob("*")
+            if path.is_file() and (path.suffix == ".part" or "tmp" in path.relative_to(storage).parts)]
+
+
+def interrupt_after(process, seconds, signum):
+    """Send ``signum`` after ``seconds``; return (exit status, seconds it took to exit)."""
+    time.sleep(seconds)
+    started = time.monotonic()
+    process.send_signal(signum)
+    status = process.wait(timeout=10)
+    return status, time.monotonic() - started
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("command", ["kachery-load", "kachery-cat"])
+def test_an_interrupted_download_stops_at_once_and_leaves_nothing(tmp_path, command, signum, status):
+    data = random.Random(2).randbytes(48 * 1024 * 1024)
+    source = tmp_path / "remote.bin"
+    source.write_bytes(data)
+    storage = tmp_path / "remote-storage"
+    url = run("kachery-store", storage, source).stdout.strip().partition("?")[0]  # whole-object reads
+    mirror = Mirror(storage, rate=16 * 1024 * 1024)  # 3 s for the whole object
+    client = tmp_path / "client"
+    try:
+        process = subprocess.Popen([command_path(command), url], env=env_for(client, mirror.url),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        exit_status, took = interrupt_after(process, 0.8, signum)
+        stderr = process.stderr.read().decode()
+    finally:
+        mirror.close()
+    assert exit_status == status, stderr
+    assert took < 0.5, took
+    assert stderr.strip().splitlines()[-1] in ("kachery: interrupted", "kachery: terminated")
+    assert leftovers(client) == []
+    assert not any(path.name == hashlib.sha1(data).hexdigest() for path in client.rglob("*"))
+
+
+class SlowSink:
+    """An HTTP server that takes PUT bodies slowly (64 KiB every 10 ms) and keeps nothing."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # no batch API here: the client falls back to HEAD + PUT
+                self.send_error(404)
+
+            def do_HEAD(self):
+                self.send_error(404)
+
+            def do_PUT(self):
+                left = int(self.headers["Content-Length"])
+                try:
+                    while left and (block := self.rfile.read(min(left, 65536))):
+                        left -= len(block)
+                        time.sleep(0.01)
+                    self.send_response(201)
+                    self.end_headers()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_store_and_upload_stop_at_once_and_leave_nothing(tmp_path, signum, status):
+    source = tmp_path / "big.bin"
+    source.write_bytes(random.Random(3).randbytes(64 * 1024 * 1024))
+    sink = SlowSink()
+    client = tmp_path / "client"
+    try:
+        for args in (["--upload"], ["--upload-only"]):
+            process = subprocess.Popen([command_path("kachery-store"), *args, str(source)],
+                                       env=env_for(client, sink.url), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE)
+            exit_status, took = interrupt_after(process, 1.0, signum)
+            assert exit_status == status, process.stderr.read()
+            assert took < 0.5, took
+            assert process.stdout.read() == b""  # no URL for what was not uploaded
+            assert leftovers(client) == []
+    finally:
+        sink.close()
