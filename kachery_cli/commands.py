@@ -14,7 +14,7 @@ import sys
 import click
 
 from kachery_core.client import DirTarget, Kachery
-from kachery_core.config import load_config
+from kachery_core.settings import load_config
 from kachery_core.urls import dir_url, gateway_link
 
 from . import interrupt
@@ -406,7 +406,7 @@ def verify_command(quarantine, clean_temp, storage_dir, remotes):
 @stops_at_once
 def config_command(storage_dir, remotes):
     """Print the effective configuration (storage directory, remotes) as JSON."""
-    from kachery_core.config import config_file_path
+    from kachery_core.settings import config_file_path
 
     config = make_kachery(storage_dir, remotes).config
     click.echo(json.dumps({

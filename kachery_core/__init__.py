@@ -11,17 +11,20 @@ import importlib
 __version__ = "1.0.0"
 
 _API = (
-    "get_file_info", "load_bytes", "load_file", "load_npy", "load_object", "load_text",
+    "get_file_hash", "get_file_info", "load_bytes", "load_file", "load_npy", "load_object", "load_text",
     "read_dir", "store_dir", "store_file", "store_npy", "store_object", "store_text",
 )
+_CONFIG = ("config", "get_config", "set_config")
 _ERRORS = ("HashMismatch", "InvalidManifest", "InvalidURL", "KacheryError", "ObjectNotFound")
 
-__all__ = [*_API, *_ERRORS]
+__all__ = [*_API, *_CONFIG, *_ERRORS]
 
 
 def __getattr__(name):
     if name in _API:
         return getattr(importlib.import_module(".api", __name__), name)
+    if name in _CONFIG:
+        return getattr(importlib.import_module(".compat06", __name__), name)
     if name in _ERRORS:
         return getattr(importlib.import_module(".errors", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,7 @@ UPLOAD_THREADS = 4
 
 
 class BucketRemote:
-    """One ``s3://BUCKET/PREFIX`` remote (``config.Remote``). Thread safe."""
+    """One ``s3://BUCKET/PREFIX`` remote (``settings.Remote``). Thread safe."""
 
     def __init__(self, remote, settings=None, mark=None):
         self.settings = settings or TransferSettings()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 
 from .cache import CacheArea
-from .config import load_config
+from .settings import load_config
 from .hashing import digest_bytes
 from .errors import (
     HashMismatch,

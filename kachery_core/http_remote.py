@@ -77,7 +77,7 @@ _NETWORK_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, Conn
 
 
 class HttpRemote:
-    """One HTTP remote (``config.Remote``: url, token). Thread safe.
+    """One HTTP remote (``settings.Remote``: url, token). Thread safe.
 
     ``mark(url, alive)`` is told when the remote answered, or failed all the
     retries of a request (the RemoteSet then skips it for a while).

@@ -37,7 +37,7 @@ log = logging.getLogger("kachery")
 
 
 def make_transport(remote, settings, mark):
-    """The transport of one configured remote (``config.Remote``)."""
+    """The transport of one configured remote (``settings.Remote``)."""
     if remote.url.startswith("s3://"):
         from .bucket_remote import BucketRemote
 
@@ -50,7 +50,7 @@ def make_transport(remote, settings, mark):
 class RemoteSet:
     """The configured remotes, tried in order. Thread safe.
 
-    ``remotes`` is a sequence of ``config.Remote(url, token)``; the first one
+    ``remotes`` is a sequence of ``settings.Remote(url, token)``; the first one
     also receives uploads.
     """
 

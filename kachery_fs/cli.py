@@ -11,7 +11,7 @@ import os
 import click
 
 from kachery_cli.commands import common_options, entry_point, make_kachery
-from kachery_core.config import parse_size
+from kachery_core.settings import parse_size
 
 from . import mount as lifecycle
 from .locate import MOUNT_ENV

@@ -23,7 +23,7 @@ import threading
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from kachery_core.client import DirTarget, Kachery
-from kachery_core.config import load_config
+from kachery_core.settings import load_config
 from kachery_core.errors import InvalidURL
 from kachery_core.urls import parse_url
 

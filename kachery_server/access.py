@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from kachery_core.config import config_file_path, parse_size
+from kachery_core.settings import config_file_path, parse_size
 from kachery_core.errors import ConfigError
 
 log = logging.getLogger("kachery.server")

@@ -12,7 +12,7 @@
 import click
 
 from kachery_cli.exit_codes import run_reporting_errors
-from kachery_core.config import load_config, parse_size
+from kachery_core.settings import load_config, parse_size
 
 from . import access
 

@@ -23,7 +23,7 @@ from urllib.parse import quote
 from aiohttp import hdrs, web
 
 from kachery_core.client import FileTarget, Kachery
-from kachery_core.config import load_config
+from kachery_core.settings import load_config
 from kachery_core.errors import (
     HashMismatch,
     InvalidManifest,

@@ -53,7 +53,7 @@ def prepare(workdir, files, dirs):
         with open(state_path) as state:
             return json.load(state)
     from kachery_core.client import Kachery
-    from kachery_core.config import Config
+    from kachery_core.settings import Config
 
     os.makedirs(workdir, exist_ok=True)
     kachery = Kachery(Config(storage_dir=os.path.join(workdir, "storage")))

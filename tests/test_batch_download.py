@@ -12,7 +12,7 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kachery_core.config import Remote
+from kachery_core.settings import Remote
 from kachery_core.http_remote import _batch_body, _parse_objects
 from kachery_core.remote import RemoteSet
 from kachery_server import batch

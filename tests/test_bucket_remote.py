@@ -80,7 +80,7 @@ def test_a_missing_object_and_a_dead_bucket_are_one_line_errors(machine, run_cli
 
 
 def test_a_changed_file_is_never_uploaded_under_its_old_name(seaweed, s3_bucket, tmp_path):
-    from kachery_core.config import Remote
+    from kachery_core.settings import Remote
     from kachery_core.remote import RemoteSet
     from kachery_core.transport import SourceChanged
 

@@ -45,7 +45,7 @@ def test_allow_other_reaches_the_mount(tmp_path):
 @pytest.mark.usefixtures("fuse_backend")
 def test_md5_and_sha1_objects_are_served(tmp_path):
     from kachery_core.client import Kachery
-    from kachery_core.config import Config
+    from kachery_core.settings import Config
 
     source = tmp_path / "data.bin"
     source.write_bytes(b"md5 addressed\n" * 1000)

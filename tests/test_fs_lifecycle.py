@@ -10,7 +10,7 @@ import time
 import pytest
 
 from kachery_core.client import Kachery
-from kachery_core.config import Config
+from kachery_core.settings import Config
 
 from fs_helpers import Mount, child_pids, command_path, force_unmount, is_stale, needs_fuse
 

@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from kachery_core.client import Kachery
-from kachery_core.config import Config
+from kachery_core.settings import Config
 
 from fs_helpers import Mount, make_tree, manifest_files, needs_fuse, tree_files
 

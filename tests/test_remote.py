@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from kachery_core.config import Remote
+from kachery_core.settings import Remote
 from kachery_core.errors import (
     AccessDenied,
     HashMismatch,
@@ -369,7 +369,7 @@ def test_large_uploads_use_sendfile_and_map_refusals(servers, tmp_path):
 
 
 def test_a_corrupt_copy_while_another_remote_is_down_is_an_outage_not_corruption():
-    from kachery_core.config import Remote
+    from kachery_core.settings import Remote
     from kachery_core.errors import HashMismatch, RemoteUnavailable
     from kachery_core.remote import _Outcome
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from kachery_core.config import Remote
+from kachery_core.settings import Remote
 from kachery_core.errors import HashMismatch, ObjectNotFound, RemoteRejected
 from kachery_core.manifest import Chunk
 from kachery_core.remote import RemoteSet

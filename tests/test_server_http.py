@@ -448,7 +448,7 @@ def test_api_upload_needs_write_permission_and_length(shared_server):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_tls_serves_and_verifies(servers, tmp_path, monkeypatch):
-    from kachery_core.config import Remote
+    from kachery_core.settings import Remote
     from kachery_core.errors import RemoteUnavailable
     from kachery_core.remote import RemoteSet
     from kachery_core.store import LocalStore

@@ -209,7 +209,7 @@ def test_the_bucket_receives_range_and_never_the_token(servers, seaweed, s3_buck
     as the bucket's endpoint: the redirected GETs the object store receives
     carry the Range asked for and no bearer token."""
     from kachery_core.client import FileTarget
-    from kachery_core.config import Remote
+    from kachery_core.settings import Remote
     from kachery_core.manifest import Chunk
     from kachery_core.remote import RemoteSet
     from kachery_core.store import LocalStore

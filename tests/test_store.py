@@ -9,7 +9,7 @@ import pytest
 
 from kachery_core import ingest
 from kachery_core.client import DirTarget, Kachery
-from kachery_core.config import Config
+from kachery_core.settings import Config
 from kachery_core.errors import InvalidHash, ObjectNotFound
 from kachery_core.store import LocalStore, WriteBatch
 from kachery_core.verify import verify_store

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from kachery_core import http_remote as remote_module
 from kachery_core import zerocopy
-from kachery_core.config import Remote
+from kachery_core.settings import Remote
 from kachery_core.errors import HashMismatch, RemoteUnavailable
 from kachery_core.remote import RemoteSet
 from kachery_core.store import LocalStore
