@@ -18,9 +18,10 @@ from kachery_core.settings import load_config
 from kachery_core.urls import dir_url, gateway_link
 
 from . import interrupt
+from .conventions import conventional
 from .exit_codes import ExitStatus, run_click_command
 from .exit_codes import _silence_stdout as silence_stdout
-from .progress import Progress
+from .progress import Progress, human_size, total_size
 
 
 def make_kachery(storage_dir=None, remotes=(), **overrides):
@@ -91,6 +92,7 @@ def configure_logging():
 
 # -------------------------------------------------------------------- store
 
+@conventional
 @click.command("store")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--algorithm", type=click.Choice(["sha1", "md5"]), default="sha1",
@@ -112,10 +114,13 @@ def store_command(paths, algorithm, label, as_json, upload, upload_only, mount_p
         raise ValueError(f"--label {label!r}: a label may not contain '/'")
     kachery = make_kachery(storage_dir, remotes)
     server = gateway_server(kachery) if link else None  # before any work: a usage error
-    progress = Progress.maybe("storing")
+    progress = Progress.maybe("storing", lambda: total_size(paths))
 
     def store_all(batch):
-        return [_store_one(kachery, batch, path, algorithm, label, progress) for path in paths]
+        records = [_store_one(kachery, batch, path, algorithm, label, progress) for path in paths]
+        if progress:
+            progress.close()  # (before the upload's own progress line)
+        return records
 
     if upload or upload_only:
         from kachery_core.upload import store_and_upload
@@ -127,8 +132,6 @@ def store_command(paths, algorithm, label, as_json, upload, upload_only, mount_p
     else:
         with kachery.batch() as batch:
             records = store_all(batch)
-    if progress:
-        progress.close()
     for record in records:
         if mount_path:
             record["mount_path"] = locate_under_mount(record["url"], mount_point)
@@ -155,6 +158,7 @@ def _store_one(kachery, batch, path, algorithm, label, progress):
 
 # --------------------------------------------------------------------- load
 
+@conventional
 @click.command("load")
 @click.argument("url")
 @click.option("--dest", type=click.Path(), help="Copy the file (or directory) here.")
@@ -222,6 +226,7 @@ def _default_dir_name(url):
 
 # --------------------------------------------------------------------- info
 
+@conventional
 @click.command("info")
 @click.argument("url")
 @mount_point_option
@@ -244,58 +249,80 @@ def info_command(url, mount_point, storage_dir, remotes):
 
 # ----------------------------------------------------------------------- ls
 
+@functools.partial(conventional, help_names=("--help",))  # -h: human sizes, as ls
 @click.command("ls")
-@click.argument("url")
+@click.argument("urls", nargs=-1, required=True, metavar="URL...")
 @click.option("-l", "long", is_flag=True, help="Show sizes.")
+@click.option("-h", "--human-readable", "human", is_flag=True, help="Sizes as 1.5 MiB (with -l).")
+@click.option("-R", "--recursive", is_flag=True, help="The whole tree, as paths below URL.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of entries.")
 @link_option
 @common_options
 @stops_at_once
-def ls_command(url, long, as_json, link, storage_dir, remotes):
-    """List a snapshot directory; directories end with '/'.
+def ls_command(urls, long, human, recursive, as_json, link, storage_dir, remotes):
+    """List snapshot directories; directories end with '/'.
 
-    With --link, the first line is the directory's own gateway link and each
+    With several URLs, each listing starts with 'URL:' (as ls does). With
+    --link, a listing starts with the directory's own gateway link and each
     entry is shown as its link."""
     kachery = make_kachery(storage_dir, remotes)
     server = gateway_server(kachery) if link else None
-    target = kachery.resolve_dir(url)
-    entries = _entries(target)
-    if link:
-        for item in entries:
-            item["link"] = gateway_link(item["url"], server) + ("/" if item["type"] == "dir" else "")
+    listings = []
+    for url in urls:  # resolve all first: an error prints nothing half-listed
+        target = kachery.resolve_dir(url)
+        entries = _entries(target.url, target.entry, recursive)
+        if link:
+            for item in entries:
+                item["link"] = gateway_link(item["url"], server) + ("/" if item["type"] == "dir" else "")
+        listings.append((url, target, entries))
     if as_json:
-        click.echo(json.dumps(entries, indent=2))
+        shown = listings[0][2] if len(urls) == 1 else {url: entries for url, _, entries in listings}
+        click.echo(json.dumps(shown, indent=2))
         return
     try:
-        if link:
-            click.echo(gateway_link(target.url, server) + "/")
-        for item in entries:
-            suffix = "/" if item["type"] == "dir" else ""
-            prefix = f"{item['size']:>14}  " if long else ""
-            shown = item["link"] if link else f"{item['name']}{suffix}"
-            click.echo(f"{prefix}{shown}")
+        for index, (url, target, entries) in enumerate(listings):
+            if len(listings) > 1:
+                click.echo(("\n" if index else "") + f"{url}:")
+            if link:
+                click.echo(gateway_link(target.url, server) + "/")
+            for item in entries:
+                suffix = "/" if item["type"] == "dir" else ""
+                size = human_size(item["size"]) if human else str(item["size"])
+                prefix = f"{size:>14}  " if long else ""
+                shown = item["link"] if link else f"{item['name']}{suffix}"
+                click.echo(f"{prefix}{shown}")
     except BrokenPipeError:  # `kachery-ls URL | head`: see cat_command
         silence_stdout()
 
 
-def _entries(target):
+def _entries(url, entry, recursive=False, prefix=""):
+    """The entries of a snapshot directory, sorted by name; with ``recursive``
+    those of its subdirectories too, named by their path below it."""
     items = []
-    for name, sub in target.entry.dirs.items():
+    for name, sub in entry.dirs.items():
         files, size = sub.count()
-        items.append({"name": name, "type": "dir", "size": size, "files": files,
-                      "url": str(target.url.child(name))})
-    for name, entry in target.entry.files.items():
-        algorithm, digest = entry.algorithm_and_hash
-        item = {"name": name, "type": "file", "size": entry.size, algorithm: digest,
-                "url": str(target.url.child(name))}
-        if entry.manifest:
-            item["manifest"] = entry.manifest
+        items.append({"name": prefix + name, "type": "dir", "size": size, "files": files,
+                      "url": str(url.child(name)), "_entry": sub})
+    for name, file in entry.files.items():
+        algorithm, digest = file.algorithm_and_hash
+        item = {"name": prefix + name, "type": "file", "size": file.size, algorithm: digest,
+                "url": str(url.child(name))}
+        if file.manifest:
+            item["manifest"] = file.manifest
         items.append(item)
-    return sorted(items, key=lambda item: item["name"])
+    items.sort(key=lambda item: item["name"])
+    listed = []
+    for item in items:
+        sub = item.pop("_entry", None)
+        listed.append(item)
+        if recursive and sub is not None:
+            listed += _entries(url.child(item["name"][len(prefix):]), sub, True, item["name"] + "/")
+    return listed
 
 
 # ---------------------------------------------------------------------- cat
 
+@conventional
 @click.command("cat")
 @click.argument("url")
 @click.option("--start", type=click.IntRange(min=0), default=0, help="First byte (default 0).")
@@ -372,6 +399,7 @@ def _copy_range(file, offset, end, out_fd):
 
 # ------------------------------------------------------------------- verify
 
+@conventional
 @click.command("verify")
 @click.option("--quarantine", is_flag=True, help="Move corrupt objects to <storage>/quarantine/.")
 @click.option("--clean-temp", is_flag=True, help="Also delete temp files of killed processes.")
@@ -387,20 +415,35 @@ def verify_command(quarantine, clean_temp, storage_dir, remotes):
         removed = sum(area.remove_stale_temps(older_than=3600) for area in areas)
         click.echo(f"removed {removed} stale temp file(s)", err=True)
     corrupt = 0
+    progress = Progress.maybe("verifying", lambda: sum(_stored_bytes(area) for area in areas))
     for area in areas:
-        report = verify_store(area, quarantine=quarantine)
+        report = verify_store(area, quarantine=quarantine, progress=progress)
         for algorithm, expected, got, path in report.corrupt:
             click.echo(f"CORRUPT {algorithm}://{expected} (content hashes to {got}): {path}")
         click.echo(f"{area.root}: checked {report.checked} object(s), {report.bytes} bytes, "
                    f"{len(report.corrupt)} corrupt"
                    + (f", {len(report.quarantined)} quarantined" if quarantine else ""), err=True)
         corrupt += len(report.corrupt)
+    if progress:
+        progress.close()
     if corrupt:
         sys.exit(ExitStatus.CORRUPT)
 
 
+def _stored_bytes(area):
+    total = 0
+    for algorithm in ("sha1", "md5"):
+        for _, path in area.iter_objects(algorithm):
+            try:
+                total += os.path.getsize(path)
+            except OSError:
+                pass
+    return total
+
+
 # ------------------------------------------------------------------- config
 
+@conventional
 @click.command("config")
 @common_options
 @stops_at_once
@@ -419,6 +462,7 @@ def config_command(storage_dir, remotes):
 
 # -------------------------------------------------------------------- cache
 
+@conventional
 @click.command("cache")
 @click.option("--clear", is_flag=True, help="Delete everything in the download cache.")
 @common_options

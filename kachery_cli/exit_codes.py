@@ -133,7 +133,9 @@ def run_click_command(command, prog_name):
             sys.stdout.write(error.format_message() + "\n")
             sys.exit(ExitStatus.OK)
         except click.UsageError as error:
-            hint = f" (see {prog_name} --help)"
+            # The failing subcommand's own help: `kachery ls` points at `kachery ls --help`.
+            path = error.ctx.command_path if error.ctx is not None else prog_name
+            hint = f" (see {path} --help)"
             sys.stderr.write(f"kachery: error: {_one_line(error.format_message())}{hint}\n")
             sys.exit(ExitStatus.INVALID_INPUT)
         except click.ClickException as error:

@@ -9,6 +9,7 @@ import importlib
 import click
 
 from .commands import COMMANDS, configure_logging
+from .conventions import conventional
 from .exit_codes import run_click_command
 
 # name -> (module, attribute) of commands imported on demand
@@ -32,8 +33,8 @@ class _KacheryGroup(click.Group):
         return None
 
 
+@conventional
 @click.group(cls=_KacheryGroup)
-@click.version_option(package_name="kachery")
 def kachery_group():
     """kachery: store files and directories by hash URL, read them anywhere."""
 

@@ -70,20 +70,21 @@ class StoredFile:
 
 
 def store_path(batch, path, algorithm="sha1", progress=None):
-    """Hash and copy the file at ``path`` into ``batch``; return a StoredFile."""
+    """Hash and copy the file at ``path`` into ``batch``; return a StoredFile.
+    ``progress(bytes)`` is told as the bytes are read (a large file: per block)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         # A pipe (`kachery-store /dev/stdin`) reports size 0: stream it, never slurp it
         if stat.S_ISREG(info.st_mode) and info.st_size <= SMALL_FILE:
             stored = store_data(batch, _read_small(fd, info.st_size), algorithm)
+            if progress:
+                progress(stored.size)
         else:
             with open(fd, "rb", buffering=0, closefd=False) as source:
-                stored = _store_large(batch, source, algorithm, os.fspath(path))
+                stored = _store_large(batch, source, algorithm, os.fspath(path), progress)
     finally:
         os.close(fd)
-    if progress:
-        progress(stored.size)
     return stored
 
 
@@ -109,13 +110,13 @@ def store_data(batch, data, algorithm="sha1"):
     return StoredFile(algorithm, digest, len(data))
 
 
-def _store_large(batch, source, algorithm, path=None):
+def _store_large(batch, source, algorithm, path=None, progress=None):
     if getattr(batch, "by_reference", False) and path is not None:
         # A batch that keeps no local copy (kachery-store --upload-only, see
         # upload.py) hashes the file in place and sends it from ``path``.
-        size, digest, chunks = batch.hash_in_place(source, algorithm, path)
+        size, digest, chunks = batch.hash_in_place(source, algorithm, path, progress)
     else:
-        size, digest, chunks = _copy_to_temp(batch, source, algorithm)
+        size, digest, chunks = _copy_to_temp(batch, source, algorithm, progress)
     if not chunks or len(chunks) < 2:
         return StoredFile(algorithm, digest, size)
     manifest = FileManifest(size, digest, tuple(chunks))
@@ -123,10 +124,10 @@ def _store_large(batch, source, algorithm, path=None):
     return StoredFile(algorithm, digest, size, stored_manifest.digest)
 
 
-def _copy_to_temp(batch, source, algorithm):
+def _copy_to_temp(batch, source, algorithm, progress=None):
     fd, temp_path = batch.store.create_temp()
     try:
-        size, digest, chunks = _copy_and_hash(source, fd, algorithm)
+        size, digest, chunks = _copy_and_hash(source, fd, algorithm, progress)
     except BaseException:
         os.close(fd)
         os.unlink(temp_path)
@@ -136,8 +137,9 @@ def _copy_to_temp(batch, source, algorithm):
     return size, digest, chunks
 
 
-def _copy_and_hash(source, fd, algorithm):
+def _copy_and_hash(source, fd, algorithm, progress=None):
     """Copy ``source`` to ``fd`` (None: no copy) while hashing; return (size, digest, chunks).
+    ``progress(bytes)`` is told of each block as it is read.
 
     Two single-thread workers run decoupled from each other and from the
     reader: one feeds the whole-file hash, the other hashes each chunk and
@@ -164,6 +166,8 @@ def _copy_and_hash(source, fd, algorithm):
                 chunk_worker.submit(_write_chunk, fd, block, offset, want_chunks),
             ))
             offset += count
+            if progress:
+                progress(count)
         while in_flight:
             _retire(in_flight, results)
     except BaseException as error:
@@ -173,7 +177,7 @@ def _copy_and_hash(source, fd, algorithm):
     return offset, whole.hexdigest(), chunks
 
 
-def hash_once(source, algorithm):
+def hash_once(source, algorithm, progress=None):
     """(size, digest, chunks) of a file, read once and not copied
     (kachery-store --upload-only): the whole-file and chunk hashes run on two
     threads, as for a store.
@@ -185,7 +189,7 @@ def hash_once(source, algorithm):
     before/after check of size and mtime reports "changed while it was
     being stored".
     """
-    return _copy_and_hash(source, None, algorithm)
+    return _copy_and_hash(source, None, algorithm, progress)
 
 
 def _abandon(in_flight, interrupted):

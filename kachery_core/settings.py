@@ -157,6 +157,16 @@ def _strip_slash(url):
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
+def format_size(size):
+    """1536 -> '1.5 KiB' (under 1 KiB: the exact count), the inverse of parse_size."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def parse_size(text):
     """'2G', '500M', '1.5T', '4096' → bytes (binary units)."""
     if isinstance(text, int):

@@ -22,6 +22,7 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from . import ingest
+from .transport import source_size
 from .errors import ConfigError
 from .store import WriteBatch
 
@@ -92,7 +93,7 @@ class RecordingBatch(WriteBatch):
 
     # ------------------------------------------------------ large files
 
-    def hash_in_place(self, source, algorithm, path):
+    def hash_in_place(self, source, algorithm, path, progress=None):
         """Ingest's hook for a large file ``source`` opened from ``path``:
         (size, digest, chunks) without a copy.
 
@@ -105,8 +106,8 @@ class RecordingBatch(WriteBatch):
         """
         before = os.fstat(source.fileno())
         if not stat.S_ISREG(before.st_mode):
-            return ingest._copy_to_temp(self, source, algorithm)
-        size, digest, chunks = ingest.hash_once(source, algorithm)
+            return ingest._copy_to_temp(self, source, algorithm, progress)
+        size, digest, chunks = ingest.hash_once(source, algorithm, progress)
         key = (algorithm, digest)
         self._references.setdefault(key, os.path.abspath(path))
         self.recorded.setdefault(key, None)
@@ -124,6 +125,7 @@ class RecordingBatch(WriteBatch):
                 return
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-early")
+            _expect(self.progress, os.path.getsize(self._references[key]))
             self._early[key] = self._pool.submit(_upload_if_missing, remotes, *key,
                                                  self._references[key], self._early_progress)
 
@@ -206,6 +208,7 @@ def upload_recorded(remotes, batch, progress=None, workers=UPLOAD_WORKERS):
     missing = [obj for obj in objects if obj not in present]
     if not missing:
         return
+    _expect(progress, sum(source_size(batch.source_of(*obj)) for obj in missing))
     last = missing.pop() if missing[-1] == list(batch.recorded)[-1] else None
     upload_all(remotes, [(*obj, batch.source_of(*obj)) for obj in missing], progress, workers)
     if last:
@@ -276,4 +279,11 @@ def _serialized(progress):
         with lock:
             progress(count)
 
+    # A progress that shows a total learns it as the uploads are decided.
+    report.expect = getattr(progress, "expect", lambda count: None)
     return report
+
+
+def _expect(progress, count):
+    if progress is not None:
+        progress.expect(count)

@@ -17,11 +17,14 @@ class VerifyReport:
     quarantined: list = field(default_factory=list)  # new paths
 
 
-def hash_file(path, algorithm):
+def hash_file(path, algorithm, progress=None):
+    """Hex digest of a file; ``progress(bytes)`` is told as it is read."""
     hasher = new_hasher(algorithm)
     with open(path, "rb", buffering=0) as file:
         while block := file.read(_BLOCK):
             hasher.update(block)
+            if progress:
+                progress(len(block))
     return hasher.hexdigest()
 
 
@@ -30,16 +33,15 @@ def verify_store(store, algorithms=("sha1", "md5"), quarantine=False, progress=N
 
     With ``quarantine`` a corrupt object is moved to ``<root>/quarantine/`` so
     that nothing is served from it any more (and a later store or download can
-    put the right bytes back under its name).
+    put the right bytes back under its name). ``progress(bytes)`` is told of
+    the bytes hashed as they are read.
     """
     report = VerifyReport()
     for algorithm in algorithms:
         for digest, path in store.iter_objects(algorithm):
-            got = hash_file(path, algorithm)
+            got = hash_file(path, algorithm, progress)
             report.checked += 1
             report.bytes += os.path.getsize(path)
-            if progress:
-                progress(report.checked)
             if got != digest:
                 report.corrupt.append((algorithm, digest, got, path))
                 if quarantine:

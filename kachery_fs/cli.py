@@ -11,12 +11,14 @@ import os
 import click
 
 from kachery_cli.commands import common_options, entry_point, make_kachery
+from kachery_cli.conventions import conventional
 from kachery_core.settings import parse_size
 
 from . import mount as lifecycle
 from .locate import MOUNT_ENV
 
 
+@conventional
 @click.command("mount")
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option("--background", is_flag=True,
@@ -75,6 +77,7 @@ def _child_arguments(kachery, allow_other, debug):
     return arguments
 
 
+@conventional
 @click.command("unmount")
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option("--lazy", is_flag=True, help="Detach now even if files are open (fusermount3 -u -z).")

@@ -11,6 +11,7 @@
 
 import click
 
+from kachery_cli.conventions import conventional
 from kachery_cli.exit_codes import run_reporting_errors
 from kachery_core.settings import load_config, parse_size
 
@@ -21,6 +22,7 @@ _config_option = click.option(
     help="Server config file (default $KACHERY_SERVER_CONFIG or ~/.config/kachery/server.toml).")
 
 
+@conventional
 @click.group(invoke_without_command=True)
 @click.option("--storage", "--storage-dir", "storage",
               help="Storage directory or s3://BUCKET/PREFIX to serve (AWS_* settings apply).")

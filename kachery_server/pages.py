@@ -16,20 +16,8 @@ import hashlib
 import html
 from urllib.parse import quote
 
+from kachery_core.settings import format_size as human_size
 from kachery_core.urls import HashURL
-
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-
-
-def human_size(size):
-    """1536 -> '1.5 KiB' (bytes below 1 KiB as an exact count)."""
-    value = float(size)
-    for unit in _UNITS:
-        if value < 1024 or unit == _UNITS[-1]:
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
 
 def file_url(name, entry):
     """The hash URL of a snapshot file entry (sha1 preferred; a large file's

@@ -172,3 +172,40 @@ def test_an_interrupted_store_and_upload_stop_at_once_and_leave_nothing(tmp_path
             assert leftovers(client) == []
     finally:
         sink.close()
+
+
+def run_on_a_terminal(command, env, timeout=60):
+    """Run ``command`` with its stderr on a pseudo-terminal; return (status, what it drew)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    drawn = bytearray()
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not data:
+            break
+        drawn += data
+    os.close(leader)
+    return process.wait(timeout=timeout), drawn.decode(errors="replace")
+
+
+def test_long_operations_show_progress_with_total_percentage_and_eta(tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(random.Random(4).randbytes(4 * 1024 * 1024) * 75)  # 300 MiB
+    env = env_for(tmp_path / "store")
+    status, drawn = run_on_a_terminal([command_path("kachery-store"), str(big)], env)
+    assert status == 0, drawn
+    lines = [line for line in drawn.replace("\r", "\n").splitlines() if line.startswith("storing:")]
+    assert any("/ 300.0 MiB" in line and "%" in line for line in lines), lines
+    assert any("ETA" in line for line in lines[:-1]), lines  # while it runs ...
+    assert "(100%)" in lines[-1]  # ... and the whole at the end
+    status, drawn = run_on_a_terminal([command_path("kachery-verify")], env)
+    assert status == 0 and "verifying:" in drawn and "/ 300.0 MiB" in drawn, drawn
+    # Not a terminal: no progress at all (logs and pipes stay clean).
+    quiet = subprocess.run([command_path("kachery-verify")], env=env, capture_output=True, text=True)
+    assert "verifying:" not in quiet.stderr

@@ -1,0 +1,121 @@
+"""The conventions users of rclone, restic and git expect (issue 14), through
+the real commands: --version, -h/--help, -q, -v on every command, and
+kachery-ls with several URLs, -R and -h."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from server_helpers import command_path
+from test_new_user import env_for, run, run_on_a_terminal
+
+COMMANDS = ["kachery", "kachery-store", "kachery-load", "kachery-info", "kachery-ls",
+            "kachery-cat", "kachery-verify", "kachery-mount", "kachery-unmount", "kachery-server"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_version_and_help(tmp_path, command):
+    from importlib.metadata import version
+
+    result = run(command, tmp_path, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{command} {version('kachery')}"
+    helps = ["--help"] if command == "kachery-ls" else ["-h", "--help"]
+    for option in helps:
+        result = run(command, tmp_path, option)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("Usage: ")
+        assert "-q, --quiet" in result.stdout and "-v, --verbose" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["store", "load", "info", "ls", "cat", "verify", "config", "cache"])
+def test_the_kachery_group_subcommands_follow_the_same_conventions(tmp_path, command):
+    result = run("kachery", tmp_path, command, "--help" if command == "ls" else "-h")
+    assert result.returncode == 0, result.stderr
+    assert "-q, --quiet" in result.stdout
+
+
+def test_verbose_shows_debug_messages_and_quiet_shows_only_the_error(tmp_path):
+    dead = "http://127.0.0.1:9"
+    url = "sha1://" + "0" * 40
+    plain = run("kachery-load", tmp_path, "--remote", dead, url)
+    verbose = run("kachery-load", tmp_path, "-vv", "--remote", dead, url)
+    quiet = run("kachery-load", tmp_path, "-q", "--remote", dead, url)
+    assert plain.returncode == verbose.returncode == quiet.returncode == 4
+    assert "DEBUG" not in plain.stderr
+    assert "DEBUG" in verbose.stderr
+    assert quiet.stderr.strip().splitlines() == [line for line in plain.stderr.strip().splitlines()
+                                                 if "error:" in line]
+
+
+def test_quiet_draws_no_progress_on_a_terminal(tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(64 * 1024 * 1024))
+    env = env_for(tmp_path / "store")
+    status, drawn = run_on_a_terminal([command_path("kachery-store"), "-q", str(big)], env)
+    assert status == 0
+    assert drawn == ""
+    status, drawn = run_on_a_terminal([command_path("kachery-store"), str(big)], env)
+    assert status == 0 and "storing" in drawn
+
+
+@pytest.fixture
+def two_snapshots(tmp_path):
+    """Two stored snapshots; yields (storage, url_a, url_b)."""
+    storage = tmp_path / "store"
+    urls = []
+    for name in ("a", "b"):
+        tree = tmp_path / name
+        (tree / "sub" / "deeper").mkdir(parents=True)
+        (tree / "top.txt").write_bytes(b"t" * 10)
+        (tree / "sub" / "mid.bin").write_bytes(b"m" * 3000)
+        (tree / "sub" / "deeper" / f"{name}.dat").write_bytes(b"d" * (2 * 1024 * 1024))
+        result = run("kachery-store", storage, tree)
+        assert result.returncode == 0, result.stderr
+        urls.append(result.stdout.strip())
+    return storage, urls[0], urls[1]
+
+
+def test_ls_recursive_lists_every_path_below_the_url(two_snapshots):
+    storage, url, _ = two_snapshots
+    result = run("kachery-ls", storage, "-R", url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["sub/", "sub/deeper/", "sub/deeper/a.dat", "sub/mid.bin",
+                                          "top.txt"]
+    listed = json.loads(run("kachery-ls", storage, "-R", "--json", url).stdout)
+    by_name = {item["name"]: item for item in listed}
+    assert by_name["sub/deeper/a.dat"]["url"] == url + "/sub/deeper/a.dat"
+    assert by_name["sub/deeper/a.dat"]["size"] == 2 * 1024 * 1024
+    # Each listed URL really names that entry.
+    cat = run("kachery-cat", storage, by_name["sub/mid.bin"]["url"])
+    assert cat.stdout == "m" * 3000
+
+
+def test_ls_human_sizes(two_snapshots):
+    storage, url, _ = two_snapshots
+    result = run("kachery-ls", storage, "-l", "-h", url + "/sub")
+    assert result.returncode == 0, result.stderr
+    sizes = {line.split()[-1]: " ".join(line.split()[:-1]) for line in result.stdout.splitlines()}
+    assert sizes == {"deeper/": "2.0 MiB", "mid.bin": "2.9 KiB"}
+    raw = run("kachery-ls", storage, "-l", url + "/sub").stdout
+    assert "2097152  deeper/" in raw
+
+
+def test_ls_of_several_urls_heads_each_listing(two_snapshots):
+    storage, url_a, url_b = two_snapshots
+    result = run("kachery-ls", storage, url_a + "/sub/deeper", url_b + "/sub/deeper")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{url_a}/sub/deeper:\na.dat\n\n{url_b}/sub/deeper:\nb.dat\n"
+    listed = json.loads(run("kachery-ls", storage, "--json", url_a, url_b).stdout)
+    assert set(listed) == {url_a, url_b}
+
+
+def test_ls_of_several_urls_prints_nothing_when_one_is_missing(two_snapshots):
+    storage, url_a, _ = two_snapshots
+    missing = "sha1dir://" + "1" * 40 + ".gone"
+    result = run("kachery-ls", storage, url_a, missing)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
