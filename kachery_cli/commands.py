@@ -5,6 +5,7 @@ Each is a thin click command over kachery_core, also reachable as
 stderr (see exit_codes.py for the error contract).
 """
 
+import errno
 import functools
 import json
 import logging
@@ -15,13 +16,14 @@ import click
 
 from kachery_core.client import DirTarget, Kachery
 from kachery_core.settings import load_config
-from kachery_core.urls import dir_url, gateway_link
+from kachery_core.urls import dir_url, gateway_link, parse_url
 
 from . import interrupt
-from .conventions import conventional
+from .conventions import QUIET, conventional
 from .exit_codes import ExitStatus, run_click_command
 from .exit_codes import _silence_stdout as silence_stdout
 from .progress import Progress, human_size, total_size
+from .show import print_records
 
 
 def make_kachery(storage_dir=None, remotes=(), **overrides):
@@ -94,7 +96,8 @@ def configure_logging():
 
 @conventional
 @click.command("store")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path(allow_dash=True))
+@click.option("-n", "--only-hash", is_flag=True, help="Print the URLs; store nothing.")
 @click.option("--algorithm", type=click.Choice(["sha1", "md5"]), default="sha1",
               show_default=True, help="Hash for files (directories are always sha1dir).")
 @click.option("--label", help="Label for directory URLs (default: the directory's name).")
@@ -107,14 +110,27 @@ def configure_logging():
 @link_option
 @common_options
 @stops_at_once
-def store_command(paths, algorithm, label, as_json, upload, upload_only, mount_path, mount_point,
-                  link, storage_dir, remotes):
-    """Store files and directories; print one URL per PATH."""
+def store_command(paths, only_hash, algorithm, label, as_json, upload, upload_only, mount_path,
+                  mount_point, link, storage_dir, remotes):
+    """Store files and directories; print one URL per PATH.
+
+    PATH - (or no PATH, with standard input not a terminal) stores standard
+    input; its URL has no file name."""
+    if not paths:
+        if not _stdin_is_data():
+            raise click.UsageError("give the files or directories to store (- for standard input)")
+        paths = ("-",)
     if label is not None and "/" in label:  # SPEC §1: it would read as a path in the URL
         raise ValueError(f"--label {label!r}: a label may not contain '/'")
+    if label is not None:
+        for path in paths:
+            if path == "-" or not os.path.isdir(path):
+                raise ValueError(f"--label names snapshots of directories, and {path} is not one")
+    if only_hash and (upload or upload_only):
+        raise click.UsageError("--only-hash stores nothing, so it uploads nothing")
     kachery = make_kachery(storage_dir, remotes)
     server = gateway_server(kachery) if link else None  # before any work: a usage error
-    progress = Progress.maybe("storing", lambda: total_size(paths))
+    progress = Progress.maybe("hashing" if only_hash else "storing", lambda: total_size(paths))
 
     def store_all(batch):
         records = [_store_one(kachery, batch, path, algorithm, label, progress) for path in paths]
@@ -122,13 +138,23 @@ def store_command(paths, algorithm, label, as_json, upload, upload_only, mount_p
             progress.close()  # (before the upload's own progress line)
         return records
 
-    if upload or upload_only:
+    if only_hash:
+        from kachery_core.ingest import HashOnly
+
+        records = store_all(HashOnly())
+    elif upload or upload_only:
         from kachery_core.upload import store_and_upload
 
+        from kachery_core.upload import UploadSummary
+
         sending = Progress.maybe("uploading")
-        records = store_and_upload(kachery, store_all, keep_local=not upload_only, progress=sending)
+        summary = UploadSummary()
+        records = store_and_upload(kachery, store_all, keep_local=not upload_only, progress=sending,
+                                   summary=summary)
         if sending:
             sending.close()
+        if not QUIET["on"]:
+            click.echo(f"kachery: {summary} (to {kachery.remotes.upload_remote.url})", err=True)
     else:
         with kachery.batch() as batch:
             records = store_all(batch)
@@ -141,7 +167,25 @@ def store_command(paths, algorithm, label, as_json, upload, upload_only, mount_p
         click.echo(json.dumps(record) if as_json else shown)
 
 
+def _stdin_is_data():
+    """Whether standard input is a pipe or a file (`... | kachery-store`), not
+    a terminal or /dev/null: then no PATH means "store standard input"."""
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):  # closed or absent
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
 def _store_one(kachery, batch, path, algorithm, label, progress):
+    if path == "-":
+        stored = kachery.store_file("/dev/stdin", algorithm, batch, progress)
+        record = {"path": "-", "url": stored.url(), "size": stored.size, algorithm: stored.digest}
+        if stored.manifest:
+            record["manifest"] = stored.manifest
+        return record
     name = os.path.basename(os.path.abspath(path))
     if os.path.isdir(path):
         digest, tree = kachery.store_dir(path, batch, progress)
@@ -161,7 +205,8 @@ def _store_one(kachery, batch, path, algorithm, label, progress):
 @conventional
 @click.command("load")
 @click.argument("url")
-@click.option("--dest", type=click.Path(), help="Copy the file (or directory) here.")
+@click.option("--dest", type=click.Path(allow_dash=True),
+              help="Copy the file (or directory) here; into it when it is a directory; - for stdout.")
 @click.option("--start", type=click.IntRange(min=0),
               help="Only the bytes from here (needs --dest; a file URL).")
 @click.option("--end", type=click.IntRange(min=0),
@@ -171,8 +216,12 @@ def _store_one(kachery, batch, path, algorithm, label, progress):
 def load_command(url, dest, start, end, storage_dir, remotes):
     """Fetch a file or a whole snapshot directory; print its local path.
 
-    With --start/--end, only that byte range is fetched (chunk by chunk from a
-    remote, for a large file with a file manifest) and written to --dest.
+    Without --dest a file's path is in the store or the download cache (read
+    it, do not change it) and a snapshot is copied to ./<its name>. With
+    --dest, an existing directory receives the copy under the URL's name (as
+    cp does); --dest - writes a file to stdout. With --start/--end, only that
+    byte range is fetched (chunk by chunk from a remote, for a large file with
+    a file manifest) and written to --dest.
     """
     from kachery_core.export import export_dir, export_file, export_range
 
@@ -183,7 +232,17 @@ def load_command(url, dest, start, end, storage_dir, remotes):
     if ranged and end is not None and end < (start or 0):
         raise ValueError(f"--end {end} is before --start {start or 0}")
     kachery = make_kachery(storage_dir, remotes)
-    target = kachery.resolve(url)
+    parsed = parse_url(url)
+    target = kachery.resolve(parsed)
+    if dest == "-":
+        if isinstance(target, DirTarget):
+            raise ValueError(f"{url} is a directory: it cannot go to standard output (give --dest DIR)")
+        end = target.size if end is None else min(end, target.size)
+        _write_to_stdout(kachery, target, min(start or 0, end), end)
+        return
+    if dest and os.path.isdir(dest):
+        dest = os.path.join(dest, _default_dir_name(parsed) if isinstance(target, DirTarget)
+                            else _file_name(parsed))
     if ranged:
         if isinstance(target, DirTarget):
             raise ValueError(f"{url} is a directory: --start/--end need a file")
@@ -224,16 +283,24 @@ def _default_dir_name(url):
     return url.name or url.hash
 
 
+def _file_name(url):
+    """The name a file URL gives its file: its path's last part, else the hash."""
+    return url.path_parts[-1] if url.path_parts else (url.name or url.hash)
+
+
 # --------------------------------------------------------------------- info
 
 @conventional
 @click.command("info")
-@click.argument("url")
+@click.argument("urls", nargs=-1, required=True, metavar="URL...")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON (an object; a list for several URLs).")
 @mount_point_option
 @common_options
 @stops_at_once
-def info_command(url, mount_point, storage_dir, remotes):
-    """Print JSON about a URL: path, size, hashes (or a directory's totals).
+def info_command(urls, as_json, mount_point, storage_dir, remotes):
+    """Show what a URL names: path, size, hashes (or a directory's totals).
+    Nothing is downloaded: remote files are described by a HEAD or their manifest.
 
     With a mount point (--mount-point or $KACHERY_MOUNT) it also gives
     "mount_path", the URL's path under the kachery mount.
@@ -241,10 +308,14 @@ def info_command(url, mount_point, storage_dir, remotes):
     from kachery_core.api import file_info
     from kachery_fs.locate import default_mountpoint
 
-    info = file_info(make_kachery(storage_dir, remotes), url)
-    if mount_point or default_mountpoint():
-        info["mount_path"] = locate_under_mount(url, mount_point)
-    click.echo(json.dumps(info, indent=2))
+    kachery = make_kachery(storage_dir, remotes)
+    records = []
+    for url in urls:
+        info = file_info(kachery, url)
+        if mount_point or default_mountpoint():
+            info["mount_path"] = locate_under_mount(url, mount_point)
+        records.append(info)
+    print_records(records, as_json)
 
 
 # ----------------------------------------------------------------------- ls
@@ -324,26 +395,44 @@ def _entries(url, entry, recursive=False, prefix=""):
 
 @conventional
 @click.command("cat")
-@click.argument("url")
+@click.argument("urls", nargs=-1, required=True, metavar="URL...")
 @click.option("--start", type=click.IntRange(min=0), default=0, help="First byte (default 0).")
 @click.option("--end", type=click.IntRange(min=0), help="End byte, exclusive (default: size).")
 @common_options
 @stops_at_once
-def cat_command(url, start, end, storage_dir, remotes):
-    """Write a file's bytes (or the range [start, end)) to stdout, streamed."""
+def cat_command(urls, start, end, storage_dir, remotes):
+    """Write files' bytes (or each one's range [start, end)) to stdout, streamed,
+    one after the other."""
     if end is not None and end < start:
         raise ValueError(f"--end {end} is before --start {start}")  # one line, exit 2
     kachery = make_kachery(storage_dir, remotes)
-    target = kachery.resolve_file(url)
-    end = target.size if end is None else min(end, target.size)
+    targets = [kachery.resolve_file(url) for url in urls]  # a bad URL: nothing written
+    for target in targets:
+        stop = target.size if end is None else min(end, target.size)
+        _write_to_stdout(kachery, target, min(start, stop), stop)
+
+
+def _write_to_stdout(kachery, target, start, end):
+    if sys.stdout is None:  # started with stdout closed (`kachery-cat URL >&-`)
+        raise OSError("cannot write to standard output: it is closed")
     sys.stdout.flush()
     try:
         for block in _cat_blocks(kachery, target, start, end):
             sys.stdout.buffer.write(block)
+        sys.stdout.buffer.flush()
     except BrokenPipeError:
         # The reader went away (`kachery-cat URL | head`): not an error. Handled
         # here because click turns an EPIPE that leaves the command into exit 1.
         silence_stdout()
+        sys.exit(ExitStatus.OK)
+    except OSError as error:
+        if error.errno not in _WRITE_ERRORS:  # a read error names its own file
+            raise
+        raise OSError(f"cannot write to standard output: {os.strerror(error.errno)}") from None
+
+
+#: errno values of a write(2) or sendfile(2) to stdout that failed on the stdout side.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EBADF}
 
 
 def _cat_blocks(kachery, target, start, end):
@@ -410,6 +499,8 @@ def verify_command(quarantine, clean_temp, storage_dir, remotes):
     from kachery_core.verify import verify_store
 
     kachery = make_kachery(storage_dir, remotes)
+    if not os.path.isdir(kachery.store.root):
+        raise FileNotFoundError(errno.ENOENT, "storage directory does not exist", kachery.store.root)
     areas = (kachery.store, kachery.cache)  # what you stored, and verified downloads
     if clean_temp:
         removed = sum(area.remove_stale_temps(older_than=3600) for area in areas)
@@ -420,7 +511,7 @@ def verify_command(quarantine, clean_temp, storage_dir, remotes):
         report = verify_store(area, quarantine=quarantine, progress=progress)
         for algorithm, expected, got, path in report.corrupt:
             click.echo(f"CORRUPT {algorithm}://{expected} (content hashes to {got}): {path}")
-        click.echo(f"{area.root}: checked {report.checked} object(s), {report.bytes} bytes, "
+        click.echo(f"{area.root}: checked {report.checked} object(s), {human_size(report.bytes)}, "
                    f"{len(report.corrupt)} corrupt"
                    + (f", {len(report.quarantined)} quarantined" if quarantine else ""), err=True)
         corrupt += len(report.corrupt)
@@ -445,19 +536,20 @@ def _stored_bytes(area):
 
 @conventional
 @click.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @common_options
 @stops_at_once
-def config_command(storage_dir, remotes):
-    """Print the effective configuration (storage directory, remotes) as JSON."""
+def config_command(as_json, storage_dir, remotes):
+    """Show the effective configuration: storage directory, config file, remotes."""
     from kachery_core.settings import config_file_path
 
     config = make_kachery(storage_dir, remotes).config
-    click.echo(json.dumps({
+    print_records([{
         "storage_dir": config.storage_dir,
         "config_file": config_file_path(),
         "remotes": [remote.url for remote in config.remotes],
         "cache_max": config.cache_max,
-    }, indent=2))
+    }], as_json)
 
 
 # -------------------------------------------------------------------- cache
@@ -465,10 +557,11 @@ def config_command(storage_dir, remotes):
 @conventional
 @click.command("cache")
 @click.option("--clear", is_flag=True, help="Delete everything in the download cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @common_options
 @stops_at_once
-def cache_command(clear, storage_dir, remotes):
-    """Show the download cache's usage (JSON); --clear empties it.
+def cache_command(clear, as_json, storage_dir, remotes):
+    """Show the download cache's usage; --clear empties it.
 
     The cache holds verified downloads from remotes; objects you stored
     yourself are never in it and never evicted. "mounts" shows the fetch
@@ -488,7 +581,7 @@ def cache_command(clear, storage_dir, remotes):
               "max_bytes": cache.max_bytes, "mounts": list(mounts.values())}
     if clear:
         report["freed_bytes"] = freed
-    click.echo(json.dumps(report, indent=2))
+    print_records([report], as_json)
 
 
 COMMANDS = {

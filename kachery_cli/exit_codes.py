@@ -18,6 +18,7 @@ from kachery_core.errors import (
     InvalidURL,
     IsADirectoryInSnapshot,
     NotADirectoryInSnapshot,
+    NotASnapshot,
     ObjectNotFound,
     RemoteRejected,
     RemoteUnavailable,
@@ -43,6 +44,7 @@ _STATUS_BY_ERROR = (
     (ConfigError, ExitStatus.INVALID_INPUT),
     (IsADirectoryInSnapshot, ExitStatus.INVALID_INPUT),
     (NotADirectoryInSnapshot, ExitStatus.INVALID_INPUT),
+    (NotASnapshot, ExitStatus.INVALID_INPUT),  # before InvalidManifest, its base
     (ObjectNotFound, ExitStatus.NOT_FOUND),
     (HashMismatch, ExitStatus.CORRUPT),
     (InvalidManifest, ExitStatus.CORRUPT),

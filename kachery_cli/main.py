@@ -11,22 +11,27 @@ import click
 from .commands import COMMANDS, configure_logging
 from .conventions import conventional
 from .exit_codes import run_click_command
+from .manage import du_command, rm_command
+
+#: ``kachery``'s own subcommands (beside the standard commands' twins).
+MANAGEMENT = {"du": du_command, "rm": rm_command}
 
 # name -> (module, attribute) of commands imported on demand
 _LAZY = {
     "mount": ("kachery_fs.cli", "mount_command"),
     "unmount": ("kachery_fs.cli", "unmount_command"),
+    "mounts": ("kachery_fs.cli", "mounts_command"),
     "server": ("kachery_server.cli", "server_main"),
 }
 
 
 class _KacheryGroup(click.Group):
     def list_commands(self, ctx):
-        return sorted(set(COMMANDS) | set(_LAZY))
+        return sorted(set(COMMANDS) | set(MANAGEMENT) | set(_LAZY))
 
     def get_command(self, ctx, name):
-        if name in COMMANDS:
-            return COMMANDS[name]
+        if name in COMMANDS or name in MANAGEMENT:
+            return COMMANDS.get(name) or MANAGEMENT[name]
         if name in _LAZY:
             module, attribute = _LAZY[name]
             return getattr(importlib.import_module(module), attribute)

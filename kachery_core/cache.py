@@ -188,6 +188,8 @@ class CacheArea(LocalStore):
             self._checked.discard((algorithm, digest))
         _unlink_quietly(self.object_path(algorithm, digest))
 
+    remove = discard  # kachery rm: as for the store, and the LRU index kept right
+
     def _record(self, algorithm, digest, size):
         """Count an object in the LRU index, as the youngest, if the index is
         kept: always under a quota, else once something needed it (eviction,

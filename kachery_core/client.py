@@ -4,6 +4,7 @@ It combines the local store with the configured remotes. Commands, the mount
 and the Python API are thin layers over it.
 """
 
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from .errors import (
     HashMismatch,
     InvalidManifest,
     IsADirectoryInSnapshot,
+    NotASnapshot,
     NotADirectoryInSnapshot,
     ObjectNotFound,
 )
@@ -143,8 +145,26 @@ class Kachery:
         return target
 
     def dir_manifest(self, digest):
-        """The parsed directory manifest with sha1 ``digest`` (cached)."""
-        return self._parsed(self._dir_manifests, digest, parse_dir_manifest, "sha1dir")
+        """The parsed directory manifest with sha1 ``digest`` (cached).
+
+        The object's bytes are checked against ``digest`` before parsing, so
+        bytes that do not parse are not corrupt: the URL names something that
+        is not a snapshot (NotASnapshot)."""
+        local = self.find_local("sha1", digest)
+        if local is not None and self._cached(self._dir_manifests, digest) is None:
+            with open(local, "rb") as file:  # a 1 GiB file is not read whole to say so
+                if not file.read(64).lstrip()[:1] in (b"{", b"["):
+                    raise NotASnapshot(digest, "not JSON")
+
+        def parse(data, which):
+            try:
+                return parse_dir_manifest(data, which)
+            except InvalidManifest as error:
+                if _looks_like_a_manifest(data):
+                    raise  # a broken or hostile manifest: corrupt (exit 3, EIO)
+                raise NotASnapshot(digest, error.problem) from None
+
+        return self._parsed(self._dir_manifests, digest, parse, "sha1dir")
 
     def file_manifest(self, digest):
         """The parsed file manifest with sha1 ``digest`` (cached)."""
@@ -256,13 +276,19 @@ class Kachery:
             self._fetcher.close()
 
     def trusted_manifest(self, target):
-        """The FileManifest of a FileTarget, checked to describe that file."""
-        manifest = self.file_manifest(target.manifest)
+        """The FileManifest of a FileTarget, checked to describe that file.
+        Errors name the file too: the user gave the manifest as its ?manifest=."""
+        which = f"sha1://{target.manifest} (the ?manifest= of {target.algorithm}://{target.digest})"
+        try:
+            manifest = self.file_manifest(target.manifest)
+        except InvalidManifest as error:
+            raise InvalidManifest(which, error.problem) from None
+        except ObjectNotFound as error:
+            raise ObjectNotFound(which, error.where) from None
         if (target.size is not None and manifest.size != target.size) or (
             target.algorithm == "sha1" and manifest.sha1 != target.digest
         ):
-            raise InvalidManifest(f"sha1://{target.manifest}",
-                                  f"does not describe {target.algorithm}://{target.digest}")
+            raise InvalidManifest(which, f"does not describe {target.algorithm}://{target.digest}")
         return manifest
 
     def read_range(self, target, offset, size):
@@ -306,6 +332,17 @@ class Kachery:
     def _where(self):
         names = [self.store.root] + [remote.url for remote in self.config.remotes]
         return ", ".join(names)
+
+
+def _looks_like_a_manifest(data):
+    """Whether bytes that failed to parse as a directory manifest try to be
+    one (JSON with its keys, or a JSON list) rather than being some other
+    file: the first is a bad manifest, the second a wrong URL."""
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return not isinstance(document, dict) or "files" in document or "dirs" in document
 
 
 class _batch_or:

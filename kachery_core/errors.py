@@ -73,6 +73,17 @@ class InvalidManifest(KacheryError, ValueError):
         super().__init__(f"invalid manifest {which}: {problem}")
 
 
+class NotASnapshot(InvalidManifest):
+    """A sha1dir:// URL whose object is intact but is not a directory manifest
+    (usually the hash of a file): the URL is wrong, nothing is corrupt."""
+
+    def __init__(self, digest, problem):
+        self.which = f"sha1dir://{digest}"
+        self.problem = problem
+        KacheryError.__init__(self, f"not a snapshot: sha1dir://{digest} is not a directory "
+                              f"manifest (a file's hash? try sha1://{digest})")
+
+
 class RemoteUnavailable(KacheryError, ConnectionError):
     """No remote could be reached (connection refused, timeout, repeated 5xx)."""
 

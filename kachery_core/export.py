@@ -35,8 +35,9 @@ def export_file(kachery, target, dest):
         # directory.
         _copy_to_new_file(source, partial)
         os.replace(partial, dest)
-    except BaseException:
+    except BaseException as error:
         _remove_tree_quietly(partial)
+        _name_destination(error, partial, dest)
         raise
     return os.fspath(dest)
 
@@ -54,8 +55,9 @@ def export_range(kachery, target, dest, start, end):
             for block in kachery.iter_bytes(target, start, end):
                 out.write(block)
         os.replace(partial, dest)
-    except BaseException:
+    except BaseException as error:
         _remove_tree_quietly(partial)
+        _name_destination(error, partial, dest)
         raise
     return os.fspath(dest)
 
@@ -73,10 +75,19 @@ def export_dir(kachery, entry: DirEntry, dest, progress=None):
     try:
         _write_tree(kachery, entry, partial, progress)
         os.rename(partial, dest)
-    except BaseException:
+    except BaseException as error:
         _remove_tree_quietly(partial)
+        _name_destination(error, partial, dest)
         raise
     return dest
+
+
+def _name_destination(error, partial, dest):
+    """An error about the temporary name is about ``dest`` for the user: the
+    temp name is ours and is gone already."""
+    if isinstance(error, OSError) and error.filename is not None:
+        if os.fspath(error.filename).startswith(os.fspath(partial)):
+            error.filename = os.fspath(dest) + os.fspath(error.filename)[len(os.fspath(partial)):]
 
 
 def _write_tree(kachery, entry, path, progress):

@@ -7,6 +7,7 @@ is read. hashlib and os.write release the GIL, so these really overlap.
 """
 
 import collections
+import errno
 import logging
 import os
 import stat
@@ -69,12 +70,28 @@ class StoredFile:
         return text
 
 
+class HashOnly:
+    """A batch that keeps nothing (``kachery-store --only-hash``): files are
+    hashed in place, manifests computed, no object written anywhere."""
+
+    by_reference = True
+
+    def write_bytes(self, data, algorithm, digest):
+        pass
+
+    def hash_in_place(self, source, algorithm, path, progress=None):
+        return hash_once(source, algorithm, progress)
+
+
 def store_path(batch, path, algorithm="sha1", progress=None):
     """Hash and copy the file at ``path`` into ``batch``; return a StoredFile.
     ``progress(bytes)`` is told as the bytes are read (a large file: per block)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):  # else read(2) fails naming the descriptor, not the path
+            raise IsADirectoryError(errno.EISDIR, "is a directory (store it with store_dir)",
+                                    os.fspath(path))
         # A pipe (`kachery-store /dev/stdin`) reports size 0: stream it, never slurp it
         if stat.S_ISREG(info.st_mode) and info.st_size <= SMALL_FILE:
             stored = store_data(batch, _read_small(fd, info.st_size), algorithm)

@@ -77,15 +77,26 @@ class Config:
                                            for url in stripped))
 
 
+#: The keys a config file may have; any other is reported (a typo would
+#: otherwise be silently ignored).
+KNOWN_KEYS = {"storage_dir", "remotes", "cache_max", "remote_timeout", "remote_speed_limit",
+              "remote_speed_time", "verify_reads"}
+_warned = set()
+
+
 def load_config(path=None, environ=None):
     """Read defaults, the config file and the environment into a Config."""
     environ = os.environ if environ is None else environ
-    settings = _read_file(path or config_file_path())
-    storage_dir = environ.get("KACHERY_STORAGE_DIR") or settings.get("storage_dir")
-    if storage_dir is not None and not isinstance(storage_dir, str):
-        raise ConfigError(f"config file: storage_dir must be a string, got {storage_dir!r}")
-    token = environ.get("KACHERY_TOKEN")
-    remotes = _remotes_from_file(settings)
+    path = path or config_file_path()
+    settings = _read_file(path)
+    where = f"config file {path}"
+    _warn_unknown_keys(settings, where)
+    in_file = settings.get("storage_dir")
+    if in_file is not None and not isinstance(in_file, str):
+        raise ConfigError(f"{where}: storage_dir must be a string, got {in_file!r}")
+    storage_dir = environ.get("KACHERY_STORAGE_DIR") or in_file
+    token = _token(environ.get("KACHERY_TOKEN"))
+    remotes = _remotes_from_file(settings, where)
     if environ.get("KACHERY_REMOTE"):
         by_url = {remote.url: remote for remote in remotes}
         urls = environ["KACHERY_REMOTE"].replace(",", " ").split()
@@ -95,19 +106,51 @@ def load_config(path=None, environ=None):
     return Config(
         storage_dir=os.path.expanduser(storage_dir) if storage_dir else default_storage_dir(),
         remotes=remotes,
-        cache_max=_optional_size(environ.get("KACHERY_CACHE_MAX") or settings.get("cache_max")),
-        remote_timeout=_number(settings, "remote_timeout", 10.0),
-        remote_speed_limit=parse_size(settings.get("remote_speed_limit", DEFAULT_SPEED_LIMIT)),
-        remote_speed_time=_number(settings, "remote_speed_time", DEFAULT_SPEED_TIME),
-        verify_reads=_flag(environ.get("KACHERY_VERIFY_READS", settings.get("verify_reads", False))),
+        cache_max=(_in("environment", "KACHERY_CACHE_MAX", _optional_size, environ["KACHERY_CACHE_MAX"])
+                   if environ.get("KACHERY_CACHE_MAX")
+                   else _in(where, "cache_max", _optional_size, settings.get("cache_max"))),
+        remote_timeout=_number(settings, "remote_timeout", 10.0, where),
+        remote_speed_limit=_in(where, "remote_speed_limit", parse_size,
+                               settings.get("remote_speed_limit", DEFAULT_SPEED_LIMIT)),
+        remote_speed_time=_number(settings, "remote_speed_time", DEFAULT_SPEED_TIME, where),
+        verify_reads=_in(where, "verify_reads", _flag,
+                         environ.get("KACHERY_VERIFY_READS", settings.get("verify_reads", False))),
         token=token or None,
     )
 
 
-def _number(settings, key, default):
+def _warn_unknown_keys(settings, where):
+    import logging
+
+    for key in sorted(set(settings) - KNOWN_KEYS):
+        if (where, key) not in _warned:  # once per process, though read many times
+            _warned.add((where, key))
+            logging.getLogger("kachery").warning("%s: unknown key %r ignored (known: %s)",
+                                                 where, key, ", ".join(sorted(KNOWN_KEYS)))
+
+
+def _token(value, name="KACHERY_TOKEN"):
+    """A token as it may go in an Authorization header (printable ASCII)."""
+    if value and not (isinstance(value, str) and value.isascii() and value.isprintable()):
+        raise ConfigError(f"{name} holds characters that cannot go in an HTTP header "
+                          "(a token is printable ASCII)")
+    return value
+
+
+def _in(where, key, convert, value):
+    """``convert(value)``, its error naming the key and the file."""
+    try:
+        return convert(value)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {key}: {error}") from None
+
+
+def _number(settings, key, default, where="config file"):
     value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"config file: {key} must be a number of seconds, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: {key} must be a number of seconds, got {value!r}")
+    if value < 0:
+        raise ConfigError(f"{where}: {key} must not be negative, got {value!r}")
     return float(value)
 
 
@@ -118,7 +161,7 @@ def _flag(value):
         return True
     if str(value).lower() in ("", "0", "false", "no", "off"):
         return False
-    raise ConfigError(f"verify_reads must be true or false, got {value!r}")
+    raise ConfigError(f"must be true or false, got {value!r}")
 
 
 def _optional_size(value):
@@ -141,17 +184,50 @@ def _read_file(path):
         raise ConfigError(f"config file {path}: {error}") from None
 
 
-def _remotes_from_file(settings):
+def _remotes_from_file(settings, where="config file"):
     remotes = []
-    for item in settings.get("remotes", []):
+    items = settings.get("remotes", [])
+    if not isinstance(items, list):
+        raise ConfigError(f"{where}: remotes must be a list of [[remotes]] tables")
+    for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("url"), str):
-            raise ConfigError("config file: each [[remotes]] entry needs a url")
-        remotes.append(Remote(_strip_slash(item["url"]), item.get("token")))
+            raise ConfigError(f"{where}: each [[remotes]] entry needs a url")
+        try:
+            remotes.append(Remote(_strip_slash(item["url"]), _token(item.get("token"), "token")))
+        except ConfigError as error:
+            raise ConfigError(f"{where}: [[remotes]]: {error}") from None
     return tuple(remotes)
 
 
 def _strip_slash(url):
-    return url.rstrip("/")
+    return valid_remote_url(url).rstrip("/")
+
+
+REMOTE_SCHEMES = ("http", "https", "s3")
+
+
+def valid_remote_url(url):
+    """``url`` if it can name a remote (http(s)://HOST[:PORT][/PATH] or
+    s3://BUCKET[/PREFIX]), else a ConfigError naming it — checked before any
+    request, so a typo is one line and not a library's warning or traceback."""
+    from urllib.parse import urlsplit
+
+    def invalid(problem):
+        return ConfigError(f"invalid remote URL {url!r}: {problem}")
+
+    if not isinstance(url, str) or not url.strip() or any(c.isspace() for c in url):
+        raise invalid("expected http://HOST, https://HOST or s3://BUCKET")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as error:
+        raise invalid(str(error)) from None
+    if parts.scheme not in REMOTE_SCHEMES:
+        shown = f"scheme {parts.scheme}://" if parts.scheme else "no scheme"
+        raise invalid(f"{shown}; expected http://HOST, https://HOST or s3://BUCKET")
+    if not parts.netloc:
+        raise invalid("no host" if parts.scheme != "s3" else "no bucket")
+    return url
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

@@ -41,8 +41,10 @@ class StatsFile:
         return self
 
     def _run(self):
-        while not self._stop.wait(self._interval):
+        while True:  # at once first: `kachery mounts` right after a mount finds it
             self.write()
+            if self._stop.wait(self._interval):
+                return
 
     def write(self):
         temp = f"{self.path}.{os.getpid()}.tmp"

@@ -64,6 +64,10 @@ class LocalStore:
     def has(self, algorithm, digest):
         return self.size(algorithm, digest) is not None
 
+    def remove(self, algorithm, digest):
+        """Delete an object (``kachery rm``); nothing happens if it is not here."""
+        _remove_quietly(self.object_path(algorithm, digest))
+
     def open(self, algorithm, digest):
         """Open a stored object for binary reading; raise ObjectNotFound."""
         try:

@@ -20,6 +20,7 @@ import os
 import stat
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 from . import ingest
 from .transport import source_size
@@ -174,8 +175,25 @@ class RecordingBatch(WriteBatch):
         return source
 
 
-def store_and_upload(kachery, action, keep_local=True, progress=None, workers=UPLOAD_WORKERS):
+@dataclass
+class UploadSummary:
+    """What an upload sent and what the remote had already."""
+
+    sent: int = 0
+    sent_bytes: int = 0
+    skipped: int = 0
+
+    def __str__(self):
+        from .settings import format_size
+
+        return (f"uploaded {self.sent} object(s), {format_size(self.sent_bytes)}; "
+                f"{self.skipped} already on the remote")
+
+
+def store_and_upload(kachery, action, keep_local=True, progress=None, workers=UPLOAD_WORKERS,
+                     summary=None):
     """Run ``action(batch)``, upload what it stored that the remote lacks; return its result.
+    ``summary``, an UploadSummary, is filled in with what was sent and skipped.
 
     ``progress(bytes)``, if given, is called (from several threads, serialized)
     as upload bytes are sent. Raises ConfigError without remotes, and the
@@ -193,22 +211,27 @@ def store_and_upload(kachery, action, keep_local=True, progress=None, workers=UP
             result = action(batch)
             if keep_local:
                 batch.commit()
-            upload_recorded(remotes.result(), batch, progress, workers)
+            upload_recorded(remotes.result(), batch, progress, workers, summary)
         finally:
             if not keep_local:
                 batch.discard()
     return result
 
 
-def upload_recorded(remotes, batch, progress=None, workers=UPLOAD_WORKERS):
+def upload_recorded(remotes, batch, progress=None, workers=UPLOAD_WORKERS, summary=None):
     """Upload the batch's objects the remote lacks; the last-written one goes last."""
+    summary = UploadSummary() if summary is None else summary
     done = batch.wait_early()
     objects = [obj for obj in batch.recorded if obj not in done]
     present = remotes.has_many(objects) if objects else set()
     missing = [obj for obj in objects if obj not in present]
+    sizes = sum(source_size(batch.source_of(*obj)) for obj in missing)
+    summary.sent = len(done) + len(missing)
+    summary.sent_bytes = sum(source_size(batch.source_of(*obj)) for obj in done) + sizes
+    summary.skipped = len(present)
     if not missing:
         return
-    _expect(progress, sum(source_size(batch.source_of(*obj)) for obj in missing))
+    _expect(progress, sizes)
     last = missing.pop() if missing[-1] == list(batch.recorded)[-1] else None
     upload_all(remotes, [(*obj, batch.source_of(*obj)) for obj in missing], progress, workers)
     if last:

@@ -5,8 +5,10 @@ configuration as the other commands (``--storage-dir``, ``--remote``,
 ``KACHERY_*`` variables, the config file).
 """
 
+import json
 import logging
 import os
+import sys
 
 import click
 
@@ -27,6 +29,8 @@ from .locate import MOUNT_ENV
               help="Let other users read the mount (non-root needs user_allow_other in /etc/fuse.conf).")
 @click.option("--log-file", type=click.Path(dir_okay=False),
               help="Log of a --background mount (default: <storage-dir>/logs/mount.log).")
+@click.option("--allow-non-empty", is_flag=True,
+              help="Mount over a directory that has files (they are hidden while mounted).")
 @click.option("--debug", is_flag=True, help="Log every FUSE request (very verbose).")
 @click.option("--fuse", "backend", type=click.Choice(lifecycle.BACKENDS), default="kernel",
               envvar="KACHERY_FUSE", show_default=True,
@@ -37,8 +41,8 @@ from .locate import MOUNT_ENV
 @click.option("--remote-timeout", type=click.FloatRange(min=0.1), metavar="SECONDS",
               help="Give up on a remote after this long (default: remote_timeout, 10).")
 @common_options
-def mount_command(mountpoint, background, allow_other, log_file, debug, backend, cache_max,
-                  remote_timeout, storage_dir, remotes):
+def mount_command(mountpoint, background, allow_other, allow_non_empty, log_file, debug, backend,
+                  cache_max, remote_timeout, storage_dir, remotes):
     """Mount the hash-URL namespace at MOUNTPOINT (read-only).
 
     \b
@@ -53,13 +57,19 @@ def mount_command(mountpoint, background, allow_other, log_file, debug, backend,
     if background:
         log_file = log_file or os.path.join(kachery.config.storage_dir, "logs", "mount.log")
         arguments = _child_arguments(kachery, allow_other, debug) + ["--fuse", backend]
-        pid = lifecycle.start_background(mountpoint, arguments, log_file)
+        if allow_non_empty:
+            arguments.append("--allow-non-empty")
+        pid = lifecycle.start_background(mountpoint, arguments, log_file, allow_non_empty)
         click.echo(f"kachery: mounted {mountpoint} (pid {pid}); "
                    f"unmount with: kachery-unmount {mountpoint}", err=True)
         return
-    click.echo(f"kachery: mounting {mountpoint} (Ctrl-C to unmount); "
+    lifecycle.prepare_mountpoint(mountpoint, allow_non_empty)  # a bad one: no banner first
+    # Ctrl-C is for someone at a terminal; a background daemon's log says how to stop it.
+    how = "Ctrl-C to unmount" if sys.stderr.isatty() else f"unmount with: kachery-unmount {mountpoint}"
+    click.echo(f"kachery: mounting {mountpoint} ({how}); "
                f"tip: export {MOUNT_ENV}={os.path.abspath(mountpoint)}", err=True)
-    lifecycle.serve(kachery, mountpoint, allow_other=allow_other, debug=debug, backend=backend)
+    lifecycle.serve(kachery, mountpoint, allow_other=allow_other, debug=debug, backend=backend,
+                    allow_non_empty=allow_non_empty)
 
 
 def _child_arguments(kachery, allow_other, debug):
@@ -86,6 +96,34 @@ def unmount_command(mountpoint, lazy):
     if not lifecycle.is_mounted(mountpoint):
         raise lifecycle.MountError(2, f"not mounted: {mountpoint}")
     lifecycle.unmount(mountpoint, lazy=lazy)
+
+
+@conventional
+@click.command("mounts")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@common_options
+def mounts_command(as_json, storage_dir, remotes):
+    """List the kachery mounts of this machine; with the fetch counters of
+    those serving this storage directory."""
+    from kachery_core.stats import read_stats_files
+
+    kachery = make_kachery(storage_dir, remotes)
+    counters = {stats.get("mountpoint"): (pid, stats) for pid, stats in
+                read_stats_files(os.path.join(kachery.config.storage_dir, "logs")).items()}
+    rows = []
+    for mountpoint in lifecycle.kachery_mounts():
+        pid, stats = counters.get(mountpoint, (None, {}))
+        row = {"mountpoint": mountpoint, "pid": pid,
+               "storage_dir": kachery.config.storage_dir if pid else None}
+        row.update({key: stats[key] for key in ("bytes_fetched", "cache_hits", "cache_misses")
+                    if key in stats})
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        served = f"  (pid {row['pid']}, {row['storage_dir']})" if row["pid"] else ""
+        click.echo(f"{row['mountpoint']}{served}")
 
 
 mount_main = entry_point(mount_command, "kachery-mount")

@@ -40,6 +40,11 @@ class MountError(KacheryError, OSError):
     """A mount or unmount that could not be done; the message says why."""
 
 
+class BadMountPoint(KacheryError, ValueError):
+    """A mount point the user must fix first (missing, not a directory, not
+    empty): a usage error, exit 2."""
+
+
 # ----------------------------------------------------------------- state
 
 def is_stale(mountpoint):
@@ -66,15 +71,34 @@ def _unescape(field):
     return raw.encode("latin-1").decode("utf-8", "surrogateescape")
 
 
-def prepare_mountpoint(mountpoint):
-    """Check ``mountpoint`` can take a mount; recover it if it is stale."""
+def prepare_mountpoint(mountpoint, allow_non_empty=False):
+    """Check ``mountpoint`` can take a mount; recover it if it is stale.
+
+    A non-empty directory is refused unless ``allow_non_empty``: the mount
+    would hide its files, which looks like data loss to whoever looks next."""
     if is_stale(mountpoint):
         log.warning("%s: stale mount (transport endpoint not connected); unmounting it", mountpoint)
         unmount(mountpoint, lazy=True)
+    if not os.path.lexists(mountpoint):
+        raise BadMountPoint(f"mount point does not exist: {mountpoint} (mkdir it first)")
     if not os.path.isdir(mountpoint):
-        raise MountError(errno.ENOTDIR, f"mount point is not a directory: {mountpoint}")
+        raise BadMountPoint(f"mount point is not a directory: {mountpoint}")
     if is_mounted(mountpoint):
         raise MountError(errno.EBUSY, f"already mounted: {mountpoint} (kachery-unmount it first)")
+    if not allow_non_empty:
+        with os.scandir(mountpoint) as entries:
+            if next(entries, None) is not None:
+                raise BadMountPoint(f"mount point is not empty: {mountpoint} (the mount would hide "
+                                    "its files; --allow-non-empty mounts over them anyway)")
+
+
+def kachery_mounts():
+    """The mount points of the kachery mounts of this machine (its mount table)."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        rows = [line.split() for line in table]
+    # Fields after the "-" separator: file system type, source, super options.
+    return [_unescape(row[4]) for row in rows
+            if "-" in row and row[row.index("-") + 1] == "fuse.kachery"]
 
 
 # ---------------------------------------------------------------- unmount
@@ -112,7 +136,8 @@ def _runner(backend):
     return run_kernel
 
 
-def serve(kachery, mountpoint, allow_other=False, debug=False, backend="kernel"):
+def serve(kachery, mountpoint, allow_other=False, debug=False, backend="kernel",
+          allow_non_empty=False):
     """Mount the namespace at ``mountpoint`` and serve until unmounted or signalled."""
     from .resolver import Resolver
 
@@ -120,7 +145,7 @@ def serve(kachery, mountpoint, allow_other=False, debug=False, backend="kernel")
 
     # Absolute: libfuse changes the working directory to / once mounted.
     mountpoint = os.path.abspath(mountpoint)
-    prepare_mountpoint(mountpoint)
+    prepare_mountpoint(mountpoint, allow_non_empty)
     ready = threading.Event()
 
     stats = _stats_file(kachery, mountpoint)
@@ -220,13 +245,13 @@ def raise_read_ahead(mountpoint, kilobytes=READ_AHEAD_KB):
 
 # ------------------------------------------------------------- background
 
-def start_background(mountpoint, arguments, log_file):
+def start_background(mountpoint, arguments, log_file, allow_non_empty=False):
     """Run ``python -m kachery_fs MOUNTPOINT ARGUMENTS`` detached; wait until mounted.
 
     Returns the child's pid. Raises MountError with the child's last log line
     when it exits first or does not mount within READY_TIMEOUT seconds.
     """
-    prepare_mountpoint(mountpoint)
+    prepare_mountpoint(mountpoint, allow_non_empty)
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
     with open(log_file, "ab") as log_stream:
         child = subprocess.Popen(

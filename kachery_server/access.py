@@ -154,7 +154,7 @@ def load_settings(path):
             storage_dir=data.get("storage", data.get("storage_dir")),
             s3_proxy=bool(data.get("s3_proxy", False)),
             host=str(data.get("host", "127.0.0.1")),
-            port=int(data.get("port", DEFAULT_PORT)),
+            port=_port(data.get("port", DEFAULT_PORT)),
             private=bool(data.get("private", False)),
             max_upload=parse_size(data.get("max_upload", DEFAULT_MAX_UPLOAD)),
             tls_cert=data.get("tls_cert"),
@@ -163,6 +163,12 @@ def load_settings(path):
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"server config {path}: {error}") from None
+
+
+def _port(value):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {value!r}")
+    return value
 
 
 def _token(item):

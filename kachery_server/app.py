@@ -8,6 +8,8 @@ import sys
 
 from aiohttp import web
 
+from kachery_core.errors import ConfigError
+
 from kachery_core.process import raise_open_file_limit
 
 from .handlers import ObjectService
@@ -135,7 +137,11 @@ async def _serve(app, host, port, ssl_context, banner, grace):
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=512)
-        await site.start()
+        try:
+            await site.start()
+        except (OSError, UnicodeError) as error:  # a bad or unknown host, a port in use
+            reason = getattr(error, "strerror", None) or str(error)
+            raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
         scheme = "https" if ssl_context else "http"
         for address in runner.addresses:
             log.info("kachery-server: %s on %s://%s:%d", banner, scheme, *address[:2])

@@ -9,10 +9,13 @@
     kachery-server token list [--config FILE]
 """
 
+import logging
+import os
+
 import click
 
 from kachery_cli.conventions import conventional
-from kachery_cli.exit_codes import run_reporting_errors
+from kachery_cli.exit_codes import run_click_command, run_reporting_errors
 from kachery_core.settings import load_config, parse_size
 
 from . import access
@@ -29,7 +32,7 @@ _config_option = click.option(
 @click.option("--s3-proxy", is_flag=True, default=None,
               help="Stream bucket reads through the server instead of redirecting to the bucket.")
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, help="Port (default 8080; 0 picks a free one).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default 8080; 0 picks a free one).")
 @_config_option
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="PEM certificate (enables HTTPS).")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key.")
@@ -46,10 +49,19 @@ def server_main(ctx, **options):
         run_reporting_errors(_serve, **options)
 
 
+def main():
+    """Entry point: usage errors in the one-line style of every kachery command."""
+    run_click_command(server_main, "kachery-server")
+
+
 def _storage(location, settings, proxy=None):
     from .storage import open_storage
 
     location = location or settings.storage_dir or load_config().storage_dir
+    if not str(location).startswith("s3://") and not os.path.isdir(location):
+        logging.getLogger("kachery").warning(
+            "kachery-server: warning: storage directory %s does not exist yet (created by the first upload)",
+            location)
     return open_storage(location, proxy=settings.s3_proxy if proxy is None else proxy)
 
 

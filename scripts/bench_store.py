@@ -101,7 +101,7 @@ def bench_small_store(big, small, store, copy, env, repeat):
 def bench_cat(big, small, store, copy, env, repeat):
     fresh(store)
     url = run_output([tool("kachery-store"), big], env)
-    obj = run_output([tool("kachery-info"), url], env, json_key="path")
+    obj = run_output([tool("kachery-info"), "--json", url], env, json_key="path")
     runners = {
         "kachery-cat": lambda: run_measured(f"{tool('kachery-cat')} '{url}' | wc -c", shell=True, env=env),
         "cat": lambda: run_measured(f"cat {obj} | wc -c", shell=True),

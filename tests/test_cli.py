@@ -346,20 +346,25 @@ def test_load_into_existing_destination_fails_cleanly(run_cli, stored_sample, tm
     dest = tmp_path / "exists"
     dest.mkdir()
     (dest / "keep").write_bytes(b"keep")
-    result = run_cli("kachery-load", stored_sample, "--dest", dest)
+    inside = run_cli("kachery-load", stored_sample, "--dest", dest, check=True)  # as cp -r: inside
+    copy = inside.stdout.decode().strip()
+    assert os.path.dirname(copy) == str(dest) and os.path.basename(copy) != "keep"
+    before = read_tree(dest)
+    assert before["keep"] == b"keep"
+    result = run_cli("kachery-load", stored_sample, "--dest", dest)  # that name exists now
     assert result.returncode != 0
     assert_clean_error(result, result.returncode)
-    assert read_tree(dest) == {"keep": b"keep"}
+    assert read_tree(dest) == before
 
 
 def test_info(run_cli, stored_sample, sample_storage, tmp_path):
     data = SAMPLE["unicode"]["Ω"]["ß"]
-    info = json.loads(run_cli("kachery-info", f"{stored_sample}/unicode/Ω/ß", check=True).stdout)
+    info = json.loads(run_cli("kachery-info", "--json", f"{stored_sample}/unicode/Ω/ß", check=True).stdout)
     assert info["size"] == len(data) and info["sha1"] == sha1(data)
     assert info["path"] == object_path(sample_storage, "sha1", sha1(data))
     with open(info["path"], "rb") as file:
         assert file.read() == data
-    direct = json.loads(run_cli("kachery-info", f"sha1://{sha1(data).upper()}/n", check=True).stdout)
+    direct = json.loads(run_cli("kachery-info", "--json", f"sha1://{sha1(data).upper()}/n", check=True).stdout)
     assert (direct["path"], direct["size"], direct["sha1"]) == (info["path"], len(data), sha1(data))
 
 
@@ -367,7 +372,7 @@ def test_info_md5(run_cli, storage_dir, tmp_path):
     path = tmp_path / "m"
     path.write_bytes(b"md5 info")
     (url,) = stdout_lines(run_cli("kachery-store", "--algorithm", "md5", path, check=True))
-    info = json.loads(run_cli("kachery-info", url, check=True).stdout)
+    info = json.loads(run_cli("kachery-info", "--json", url, check=True).stdout)
     assert info["md5"] == hashlib.md5(b"md5 info").hexdigest() and info["size"] == 8
     assert os.path.samefile(info["path"], object_path(storage_dir, "md5", info["md5"]))
 
@@ -473,10 +478,16 @@ def test_usage_errors_are_one_line(run_cli, stored_sample):
 
 
 @pytest.mark.parametrize("command, args", [
-    ("kachery-store", []), ("kachery-ls", ["--bogus", "x"]), ("kachery", ["bogus"]),
+    ("kachery-ls", ["--bogus", "x"]), ("kachery", ["bogus"]),
 ])
 def test_more_usage_errors_are_one_line(run_cli, storage_dir, command, args):
     assert_clean_error(run_cli(command, *args), 2)
+
+
+def test_store_without_paths_or_piped_input_is_a_usage_error(storage_dir):
+    result = subprocess.run([_command_path("kachery-store")], stdin=subprocess.DEVNULL,
+                            capture_output=True, timeout=60)
+    assert_clean_error(result, 2, "standard input")
 
 
 def test_help_still_works(run_cli, storage_dir):
@@ -693,7 +704,7 @@ def test_load_default_destination_is_the_label(stored_sample, tmp_path):
 
 
 def test_info_of_a_directory(run_cli, stored_sample):
-    info = json.loads(run_cli("kachery-info", stored_sample + "/nested", check=True).stdout)
+    info = json.loads(run_cli("kachery-info", "--json", stored_sample + "/nested", check=True).stdout)
     leaf = SAMPLE["nested"]["deeper"]["deepest"]["leaf.bin"]
     assert info["type"] == "dir" and info["sha1dir"] == _manifest_hash(stored_sample)
     assert info["files"] == 2 and info["size"] == len(leaf) + len(SAMPLE["nested"]["sibling.txt"])

@@ -73,7 +73,7 @@ def assert_counters_shown(client_storage, at_least):
     deadline = time.monotonic() + 5
     while True:
         report = json.loads(subprocess.run(
-            [command_path("kachery"), "cache", "--storage-dir", str(client_storage)],
+            [command_path("kachery"), "cache", "--json", "--storage-dir", str(client_storage)],
             check=True, capture_output=True, text=True).stdout)
         counters = report["mounts"][0] if report["mounts"] else {}
         if counters.get("bytes_fetched", 0) >= at_least or time.monotonic() > deadline:
@@ -88,7 +88,7 @@ def test_commands_print_mount_paths(run_cli, tmp_path, snapshot):
     storage, url, _ = snapshot
     mount_point = str(tmp_path / "m")
     expected = os.path.join(mount_point, "sha1dir", url.split("://", 1)[1], "nested")
-    info = run_cli("kachery-info", f"{url}/nested", "--mount-point", mount_point,
+    info = run_cli("kachery-info", "--json", f"{url}/nested", "--mount-point", mount_point,
                    "--storage-dir", storage, check=True)
     assert json.loads(info.stdout)["mount_path"] == expected
     (tmp_path / "f.txt").write_bytes(b"x")

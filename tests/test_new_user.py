@@ -60,7 +60,7 @@ def test_info_and_ls_of_remote_files_fetch_no_content(tmp_path, remote_files):
     mirror, urls, data = remote_files
     empty = tmp_path / "empty"
     for url in (urls["big.bin"], urls["small.txt"], urls["tree"] + "/big.bin"):
-        result = run("kachery-info", empty, url, remote=mirror.url)
+        result = run("kachery-info", empty, "--json", url, remote=mirror.url)
         assert result.returncode == 0, result.stderr
         info = json.loads(result.stdout)
         assert info["size"] == len(data[url.rsplit("/", 1)[1].partition("?")[0]])

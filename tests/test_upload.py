@@ -110,12 +110,17 @@ def test_second_upload_sends_nothing(servers, env, run_cli, tmp_path):
     for i in range(20):
         (source / f"f{i}").write_bytes(os.urandom(10000))
     a = env("A", server.url, server.write_token)
-    first = ok(run_cli("kachery-store", "--upload", source, env=a))
+    first_run = run_cli("kachery-store", "--upload", source, env=a)
+    first = ok(first_run)
+    assert "uploaded 21 object(s)" in first_run.stderr.decode()  # it says what it sent ...
     assert len(stored_objects(server.storage)) == 21  # 20 files + the manifest
     sent = uploaded_bytes(server)
     assert sent > 200000
     (source / "new").write_bytes(b"one more")
-    second = ok(run_cli("kachery-store", "--upload", source, env=a))
+    second_run = run_cli("kachery-store", "--upload", source, env=a)
+    second = ok(second_run)
+    assert "uploaded 2 object(s)" in second_run.stderr.decode()  # ... and what it skipped
+    assert "20 already on the remote" in second_run.stderr.decode()
     assert second != first
     assert len(stored_objects(server.storage)) == 23  # + the new file and the new manifest
     assert uploaded_bytes(server) - sent < 5000  # only those two were sent
