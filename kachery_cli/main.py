@@ -11,10 +11,11 @@ import click
 from .commands import COMMANDS, configure_logging
 from .conventions import conventional
 from .exit_codes import run_click_command
+from .completion import completion_command
 from .manage import du_command, rm_command
 
 #: ``kachery``'s own subcommands (beside the standard commands' twins).
-MANAGEMENT = {"du": du_command, "rm": rm_command}
+MANAGEMENT = {"du": du_command, "rm": rm_command, "completion": completion_command}
 
 # name -> (module, attribute) of commands imported on demand
 _LAZY = {

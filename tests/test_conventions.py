@@ -119,3 +119,20 @@ def test_ls_of_several_urls_prints_nothing_when_one_is_missing(two_snapshots):
     assert result.returncode != 0
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_one_line_enables_completion_of_every_command(tmp_path):
+    script = ('eval "$(kachery completion bash)"\n'
+              'complete -p | grep -o "kachery[a-z-]*$" | sort\n')
+    result = subprocess.run(["bash", "-c", script], env=env_for(tmp_path), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == sorted(COMMANDS)
+    # What the shell then asks a command: its options and kachery's subcommands.
+    for program, words, expected in (("kachery-ls", "kachery-ls --rec", "--recursive"),
+                                     ("kachery", "kachery d", "du")):
+        variable = "_" + program.replace("-", "_").upper() + "_COMPLETE"
+        env = dict(env_for(tmp_path), COMP_WORDS=words, COMP_CWORD="1", **{variable: "bash_complete"})
+        answer = subprocess.run([command_path(program)], env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert f"plain,{expected}" in answer.stdout.split(), answer.stdout
