@@ -46,6 +46,8 @@ READAHEAD_CHUNKS = 4
 #: The least run of in-order bytes that counts as sequential (a run must
 #: also span more than the chunk it is in).
 SEQUENTIAL_RUN = 1024 * 1024
+#: How far from where the run left off a read may start and still continue it.
+REORDER_WINDOW = 2 * 1024 * 1024
 #: Objects up to this size are fetched into memory (see the module docstring).
 SMALL_MAX = 1024 * 1024
 #: Bytes of small objects kept in memory, and queued for writing to the cache.
@@ -447,8 +449,14 @@ class Fetcher:
         random read look sequential for a request or two.)"""
         with self._lock:
             expected, run = self._runs.get(target.digest, (None, 0))
-            run = run + (end - offset) if expected == offset else end - offset
-            self._runs[target.digest] = (end, run)
+            # Requests in flight together (the kernel's read-ahead, served by
+            # several threads) arrive slightly out of order: near enough counts.
+            if expected is not None and abs(offset - expected) <= REORDER_WINDOW:
+                self._runs[target.digest] = (max(end, expected), run + end - offset)
+                run += end - offset
+            else:
+                self._runs[target.digest] = (end, end - offset)
+                run = end - offset
         chunk = manifest.chunks[next_index - 1]
         ahead = min(READAHEAD_CHUNKS, (run - 1) // max(chunk.end - chunk.start, SEQUENTIAL_RUN))
         for index in range(next_index, min(next_index + ahead, len(manifest.chunks))):

@@ -25,9 +25,13 @@ from kachery_core.process import raise_open_file_limit
 
 log = logging.getLogger("kachery.mount")
 
-#: The kernel's readahead for the mount, in KiB (default 128; 4 MiB keeps several
-#: 1 MiB requests in flight, measured best of 1-16 MiB on a 2-core VM).
-READ_AHEAD_KB = 4096
+#: The kernel's readahead for the mount, in KiB (default 128). Larger keeps more
+#: requests in flight for a sequential reader, but an mmap page fault reads
+#: half of it on either side of the faulting page, and every 4 MiB chunk it
+#: touches is fetched: 1 MiB keeps one fault within one chunk (unless it is
+#: within 512 KiB of a chunk's edge). Local objects are read by passthrough,
+#: with the readahead of the disk they are on.
+READ_AHEAD_KB = 1024
 #: Seconds a thread may hold the GIL while others wait (Python's default: 0.005).
 SWITCH_INTERVAL = 0.0005
 #: Garbage collector thresholds of the daemon (Python's default: 700, 10, 10).

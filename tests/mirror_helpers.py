@@ -18,6 +18,7 @@ class Mirror:
         self.corrupt = corrupt
         self.rate = rate  # bytes per second of every body, None: as fast as it goes
         self.sent = {}
+        self.ranges = []  # (path, Range header or None) of every GET, in order
         mirror = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -45,6 +46,8 @@ class Mirror:
         data = open(path, "rb").read()
         status, body = 200, data
         header = request.headers.get("Range")
+        if not head:
+            self.ranges.append((request.path, header))
         if header:
             first, _, last = header.removeprefix("bytes=").partition("-")
             start, end = int(first), min(int(last) + 1 if last else len(data), len(data))

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 import time
 
 import pytest
@@ -135,6 +136,63 @@ def test_a_4k_read_at_a_random_offset_fetches_one_chunk(tmp_path, snapshot):
                 os.close(fd)
             big = object_rel(hashlib.sha1(files["big.bin"]).hexdigest())
             assert 0 < mirror.sent.get(big, 0) <= CHUNK
+    finally:
+        mirror.close()
+
+
+#: A reader in its own process: an mmap page fault holds the GIL of the
+#: faulting process, which would starve the test's in-process mirror.
+SMALL_READ = """
+import mmap, sys
+path, offset, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(path, "rb") as file:
+    if how == "buffered":
+        file.seek(offset)
+        data = file.read(4096)
+    else:
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            data = mapped[offset:offset + 4096]
+sys.stdout.buffer.write(data)
+"""
+
+
+@pytest.mark.parametrize("how", ["buffered", "mmap"])
+def test_small_reads_of_ordinary_readers_fetch_one_chunk(tmp_path, snapshot, how):
+    """What numpy, HDF5 and sqlite do: Python's buffered open() (which asks for
+    st_blksize) and an mmap page fault; the kernel adds its read-ahead."""
+    storage, url, files = snapshot
+    data = files["big.bin"]
+    big = object_rel(hashlib.sha1(data).hexdigest())
+    mirror = Mirror(storage)
+    try:
+        with Mount(tmp_path / "mnt", tmp_path / "client", ["--remote", mirror.url]) as mount:
+            path = snapshot_path(mount, url, "big.bin")
+            for chunk_index in (3, 9):  # two separate random reads, mid-chunk
+                before = mirror.sent.get(big, 0)
+                offset = chunk_index * CHUNK + CHUNK // 3
+                read = subprocess.run([sys.executable, "-c", SMALL_READ, path, str(offset), how],
+                                      capture_output=True, timeout=60)
+                assert read.returncode == 0, read.stderr
+                assert read.stdout == data[offset:offset + 4096]
+                fetched = mirror.sent.get(big, 0) - before
+                assert 0 < fetched <= CHUNK, [r for r in mirror.ranges if r[0] == big]
+    finally:
+        mirror.close()
+
+
+def test_a_sequential_reader_still_gets_read_ahead(tmp_path, snapshot):
+    storage, url, files = snapshot
+    data = files["big.bin"]
+    big = object_rel(hashlib.sha1(data).hexdigest())
+    mirror = Mirror(storage)
+    try:
+        with Mount(tmp_path / "mnt", tmp_path / "client", ["--remote", mirror.url]) as mount:
+            with open(snapshot_path(mount, url, "big.bin"), "rb") as file:
+                assert file.read(3 * CHUNK) == data[:3 * CHUNK]
+                deadline = time.monotonic() + 10
+                while mirror.sent.get(big, 0) <= 4 * CHUNK and time.monotonic() < deadline:
+                    time.sleep(0.05)  # read-ahead runs in the background
+                assert mirror.sent.get(big, 0) > 4 * CHUNK  # chunks beyond what was read
     finally:
         mirror.close()
 
