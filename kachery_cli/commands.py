@@ -20,7 +20,7 @@ from kachery_core.urls import dir_url, gateway_link, parse_url
 
 from . import interrupt
 from .conventions import QUIET, conventional
-from .exit_codes import ExitStatus, run_click_command
+from .exit_codes import ExitStatus, StdoutError, run_click_command
 from .exit_codes import _silence_stdout as silence_stdout
 from .progress import Progress, human_size, total_size
 from .show import print_records
@@ -428,7 +428,7 @@ def _write_to_stdout(kachery, target, start, end):
     except OSError as error:
         if error.errno not in _WRITE_ERRORS:  # a read error names its own file
             raise
-        raise OSError(f"cannot write to standard output: {os.strerror(error.errno)}") from None
+        raise StdoutError(error.errno, os.strerror(error.errno)) from None
 
 
 #: errno values of a write(2) or sendfile(2) to stdout that failed on the stdout side.

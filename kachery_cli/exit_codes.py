@@ -6,6 +6,7 @@ distinct exit code, never a traceback.
 """
 
 import errno
+import io
 import sys
 from enum import IntEnum
 
@@ -54,6 +55,15 @@ _STATUS_BY_ERROR = (
 )
 
 
+class StdoutError(OSError):
+    """A write to standard output failed (``> /dev/full``, a quota): the
+    reader's side, not the store's disk, so the message must not say "no
+    space left on device" alone."""
+
+    def __str__(self):
+        return f"cannot write to standard output: {self.strerror}"
+
+
 def status_for(error):
     """The ExitStatus for an exception."""
     for error_class, status in _STATUS_BY_ERROR:
@@ -68,6 +78,8 @@ def status_for(error):
 
 def message_for(error):
     """One line describing ``error`` for a user."""
+    if isinstance(error, StdoutError):
+        return str(error)
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return f"no space left on device{_path_suffix(error)}"
     if isinstance(error, OSError) and error.strerror and not _is_kachery(error):
@@ -99,6 +111,8 @@ def run_reporting_errors(body, *args, stop=None, **kwargs):
         _silence_stdout()
         sys.exit(ExitStatus.OK)
     except (OSError, ValueError) as error:  # KacheryError subclasses both families
+        if isinstance(error, StdoutError):
+            _silence_stdout()  # what is still buffered must not fail again at exit
         sys.stderr.write(f"kachery: error: {message_for(error)}\n")
         sys.exit(status_for(error))
     except RecursionError:
@@ -129,6 +143,7 @@ def run_click_command(command, prog_name):
     no_args_is_help = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
     def invoke():
+        guard_stdout()
         try:
             status = command.main(prog_name=prog_name, standalone_mode=False)
         except no_args_is_help as error:  # bare `kachery`: show the help, not an error
@@ -146,6 +161,8 @@ def run_click_command(command, prog_name):
         except click.Abort as error:  # click's wrapping of Ctrl-C (or of our SIGTERM)
             cause = error.__cause__ or error.__context__
             raise (cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt()) from None
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, not at exit: a failure is our one line
         sys.exit(status if isinstance(status, int) else ExitStatus.OK)
 
     def stop(interruption):
@@ -153,6 +170,33 @@ def run_click_command(command, prog_name):
             interrupt.stop_now(interruption)
 
     run_reporting_errors(invoke, stop=stop)
+
+
+class _StdoutFile(io.FileIO):
+    """Standard output's descriptor; a failed write raises StdoutError."""
+
+    def write(self, data):
+        try:
+            return super().write(data)
+        except BrokenPipeError:  # the reader left (`| head`): handled as success
+            raise
+        except OSError as error:
+            raise StdoutError(error.errno, error.strerror) from None
+
+
+def guard_stdout():
+    """Route sys.stdout through _StdoutFile, so that every command's output
+    (click.echo, print, sys.stdout.buffer) fails with one "cannot write to
+    standard output" line, told apart from a full store disk."""
+    stream = sys.stdout
+    try:
+        fd = stream.fileno()
+        stream.flush()
+    except (AttributeError, OSError, ValueError):  # closed (`>&-`) or not a file
+        return
+    raw = _StdoutFile(fd, "w", closefd=False)
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding=stream.encoding,
+                                  errors=stream.errors, line_buffering=stream.line_buffering)
 
 
 def _one_line(text):

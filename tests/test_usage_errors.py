@@ -108,10 +108,17 @@ def test_load_to_stdout_and_errors_that_show_no_temp_name(tmp_path, stored):
     assert not any("partial" in name for name in os.listdir(tmp_path))
 
 
-def test_cat_to_a_full_device_says_so(stored):
-    storage, url, _ = stored
+@pytest.mark.parametrize("args", [
+    ["kachery-cat", "{url}"], ["kachery-load", "{url}", "--dest", "-"], ["kachery-ls", "-l", "{dir_url}"],
+    ["kachery-info", "{url}"], ["kachery-info", "--json", "{dir_url}"], ["kachery-store", "{file}"],
+    ["kachery", "config"], ["kachery", "config", "--json"], ["kachery", "cache"],
+])
+def test_output_to_a_full_device_says_standard_output(tmp_path, stored, args):
+    """Not "no space left on device" alone: that reads as the store's disk."""
+    storage, url, dir_url = stored
+    words = [arg.format(url=url, dir_url=dir_url, file=tmp_path / "data.txt") for arg in args]
     with open("/dev/full", "wb") as full:
-        result = subprocess.run([command_path("kachery-cat"), url], env=env_for(storage),
+        result = subprocess.run([command_path(words[0]), *words[1:]], env=env_for(storage),
                                 stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
     assert_one_line(result, 6, "cannot write to standard output")
 
