@@ -28,6 +28,8 @@ SECRET_KEY = "kachery-test-secret"
 #: An identity that may only read (same secret): a store that refuses writes.
 READ_ONLY_KEY = "kachery-test-reader"
 REGION = "us-east-1"
+#: A bucket anyone may read without credentials, as a public bucket is.
+PUBLIC_BUCKET = "kachery-public"
 #: How long a fresh server may take to accept a bucket create + put.
 READY_TIMEOUT = 60.0
 #: The ports weed needs: every one is given, so nothing else is opened.
@@ -102,6 +104,9 @@ class SeaweedS3:
                 "name": "kachery-test-reader",
                 "credentials": [{"accessKey": READ_ONLY_KEY, "secretKey": SECRET_KEY}],
                 "actions": ["Read", "List"],
+            }, {
+                "name": "anonymous",
+                "actions": [f"Read:{PUBLIC_BUCKET}"],
             }]}, file)
         if self.ports is None:  # a restart keeps the ports (and the data)
             self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS))))

@@ -117,6 +117,38 @@ def test_a_mount_reads_lazily_from_a_bucket(machine, run_cli, tmp_path):
             assert file.read() == b"note\n"
 
 
+def test_a_public_buckets_plain_http_url_is_a_static_mirror(machine, run_cli, tmp_path, seaweed):
+    """Written with credentials as s3://, read by anyone as plain HTTP (SPEC §5):
+    a snapshot lists, whole files and byte ranges of a chunked file read
+    exactly, a missing object is 'not found' (exit 1)."""
+    import uuid
+
+    from s3_helpers import PUBLIC_BUCKET
+
+    try:
+        seaweed.client().create_bucket(Bucket=PUBLIC_BUCKET)
+    except Exception as error:  # made by an earlier test of the session
+        assert "BucketAlreadyOwnedByYou" in str(error) or "BucketAlreadyExists" in str(error)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big = pseudo_random(10_000_000)
+    (tree / "big.bin").write_bytes(big)
+    (tree / "note.txt").write_bytes(b"public note\n")
+    url = ok(run_cli("kachery-store", "--upload-only", tree,
+                     env=machine("writer", f"s3://{PUBLIC_BUCKET}/{prefix}"))).strip()
+    reader = machine("reader", f"{seaweed.endpoint}/{PUBLIC_BUCKET}/{prefix}")
+    reader.update(AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")  # an anonymous reader
+    assert ok(run_cli("kachery-ls", url, env=reader)).split() == ["big.bin", "note.txt"]
+    assert run_cli("kachery-cat", f"{url}/note.txt", env=reader).stdout == b"public note\n"
+    part = run_cli("kachery-cat", f"{url}/big.bin", "--start", 6_000_000, "--end", 6_100_000,
+                   env=reader)
+    assert part.returncode == 0 and part.stdout == big[6_000_000:6_100_000]
+    assert open(ok(run_cli("kachery-load", f"{url}/big.bin", env=reader)), "rb").read() == big
+    missing = run_cli("kachery-cat", f"sha1://{'ab' * 20}/x", env=reader)
+    assert missing.returncode == 1 and "not found" in missing.stderr.decode().lower()
+
+
 def test_a_public_buckets_403_for_a_missing_key_means_not_found(tmp_path, run_cli):
     """S3 answers anonymous reads of missing keys with 403 + XML; as a static
     mirror that is 'not found' (exit 1), and the next remote is tried."""
