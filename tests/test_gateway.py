@@ -23,6 +23,7 @@ pytestmark = pytest.mark.server
 CHUNK = 4 * 1024 * 1024
 HOSTILE_NAMES = [
     '"><img src=x onerror=alert(1)>.txt',
+    "<script>alert('x')<script>.js",  # (no '/': names cannot hold one)
     "<b>bold<b>.txt",
     "q\"uo'te & amp;.txt",
     "ünï cödé ✓ 数据.csv",

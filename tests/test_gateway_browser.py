@@ -78,6 +78,8 @@ def test_chromium_browses_a_snapshot_and_downloads_exact_bytes(tmp_path, browser
     while copy.text == "copy" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert copy.text == "copied"
+    for name in ("gateway-snapshot.png", "gateway-directory.png"):  # the artifacts were saved
+        assert (ARTIFACTS / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     browser.find_element(By.CSS_SELECTOR, "a.download").click()
     saved = browser.downloads / "traces ü.bin"
