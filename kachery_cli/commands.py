@@ -8,7 +8,6 @@ stderr (see exit_codes.py for the error contract).
 import errno
 import functools
 import json
-import logging
 import os
 import sys
 
@@ -19,7 +18,7 @@ from kachery_core.settings import load_config
 from kachery_core.urls import dir_url, gateway_link, parse_url
 
 from . import interrupt
-from .conventions import QUIET, conventional
+from .conventions import QUIET, configure_logging, conventional
 from .exit_codes import ExitStatus, StdoutError, run_click_command
 from .exit_codes import _silence_stdout as silence_stdout
 from .progress import Progress, human_size, total_size
@@ -86,10 +85,6 @@ def gateway_server(kachery):
         if remote.url.startswith(("http://", "https://")):
             return remote.url
     raise ValueError("--link needs a kachery server among the remotes (--remote URL or KACHERY_REMOTE)")
-
-
-def configure_logging():
-    logging.basicConfig(format="kachery: %(levelname)s: %(message)s", level=logging.WARNING)
 
 
 # -------------------------------------------------------------------- store

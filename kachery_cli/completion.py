@@ -10,6 +10,8 @@ import importlib
 import click
 from click.shell_completion import get_completion_class
 
+from .conventions import conventional
+
 #: program name -> (module, attribute) of its click command
 PROGRAMS = {
     "kachery": ("kachery_cli.main", "kachery_group"),
@@ -27,6 +29,7 @@ PROGRAMS = {
 SHELLS = ("bash", "zsh", "fish")
 
 
+@conventional
 @click.command("completion")
 @click.argument("shell", type=click.Choice(SHELLS))
 def completion_command(shell):

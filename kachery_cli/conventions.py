@@ -20,6 +20,12 @@ import click
 QUIET = {"on": False}
 
 
+def configure_logging():
+    """Log lines on stderr, warnings and up; -q and -v then set the level.
+    Every entry point calls this before click parses the options."""
+    logging.basicConfig(format="kachery: %(levelname)s: %(message)s", level=logging.WARNING)
+
+
 def conventional(command, help_names=("-h", "--help")):
     command.context_settings.setdefault("help_option_names", list(help_names))
     options = [

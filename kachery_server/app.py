@@ -112,14 +112,17 @@ def tls_context(cert, key):
     return context
 
 
-def configure_logging():
-    """Access log and server messages go to stderr, one line each."""
+def configure_logging(quiet=False):
+    """Access log and server messages go to stderr, one line each; ``quiet``
+    (kachery-server -q) keeps only errors. Other loggers (aiohttp's own, the
+    core's) follow the root logger's level (-v, -vv)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logging.ERROR if quiet else min(logging.INFO, logging.getLogger().getEffectiveLevel())
     for name in ("aiohttp.access", "kachery.server"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(level)
         logger.propagate = False
 
 

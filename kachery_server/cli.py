@@ -14,7 +14,7 @@ import os
 
 import click
 
-from kachery_cli.conventions import conventional
+from kachery_cli.conventions import QUIET, configure_logging, conventional
 from kachery_cli.exit_codes import run_click_command, run_reporting_errors
 from kachery_core.settings import load_config, parse_size
 
@@ -50,7 +50,9 @@ def server_main(ctx, **options):
 
 
 def main():
-    """Entry point: usage errors in the one-line style of every kachery command."""
+    """Entry point: usage errors in the one-line style of every kachery command;
+    -q (errors only: no banner, no access log), -v and -vv as on every command."""
+    configure_logging()
     run_click_command(server_main, "kachery-server")
 
 
@@ -60,14 +62,14 @@ def _storage(location, settings, proxy=None):
     location = location or settings.storage_dir or load_config().storage_dir
     if not str(location).startswith("s3://") and not os.path.isdir(location):
         logging.getLogger("kachery").warning(
-            "kachery-server: warning: storage directory %s does not exist yet (created by the first upload)",
-            location)
+            "storage directory %s does not exist yet (created by the first upload)", location)
     return open_storage(location, proxy=settings.s3_proxy if proxy is None else proxy)
 
 
 def _serve(storage, s3_proxy, host, port, config_path, tls_cert, tls_key, max_upload, private,
            no_gateway, shutdown_grace):
-    from .app import configure_logging, make_app, run, tls_context
+    from .app import configure_logging as configure_server_logging
+    from .app import make_app, run, tls_context
 
     config_path = config_path or access.default_config_path()
     settings = access.load_settings(config_path)
@@ -76,7 +78,7 @@ def _serve(storage, s3_proxy, host, port, config_path, tls_cert, tls_key, max_up
     private = settings.private if private is None else private
     rules = access.Access(settings.tokens, private=private, config_path=config_path)
     context = tls_context(tls_cert or settings.tls_cert, tls_key or settings.tls_key)
-    configure_logging()
+    configure_server_logging(quiet=QUIET["on"])
     reads = "reads need a token" if private else "public reads"
     banner = f"serving {storage.describe()} ({reads}, {len(settings.tokens)} tokens)"
     run(make_app(storage, rules, limit, gateway=not no_gateway), host or settings.host,

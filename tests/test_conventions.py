@@ -5,6 +5,7 @@ kachery-ls with several URLs, -R and -h."""
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -136,3 +137,66 @@ def test_one_line_enables_completion_of_every_command(tmp_path):
         answer = subprocess.run([command_path(program)], env=env, capture_output=True, text=True,
                                 timeout=60)
         assert f"plain,{expected}" in answer.stdout.split(), answer.stdout
+
+
+def server_log(tmp_path, *flags):
+    """What kachery-server with ``flags`` writes to stderr while it answers one request."""
+    import requests
+
+    from server_helpers import free_port
+
+    port = free_port()
+    server = subprocess.Popen([command_path("kachery-server"), *flags, "--storage-dir",
+                               str(tmp_path / "missing"), "--port", str(port)],
+                              env=env_for(tmp_path), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/sha1/00/00/00/{'0' * 40}", timeout=5)
+                break
+            except requests.ConnectionError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+                time.sleep(0.05)
+        assert answer.status_code == 404
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=15)
+    return stderr
+
+
+def test_server_quiet_and_verbose_set_its_log_level(tmp_path):
+    plain = server_log(tmp_path)
+    assert "does not exist" in plain and "serving" in plain and "GET /sha1/00/00/00/" in plain
+    assert "DEBUG" not in plain
+    assert server_log(tmp_path, "-q") == ""  # errors only: no warning, banner or access log
+    debug = server_log(tmp_path, "-vv")
+    assert "kachery: DEBUG:" in debug and "GET /sha1/00/00/00/" in debug
+
+
+def test_completion_follows_the_conventions_too(tmp_path):
+    quiet = run("kachery", tmp_path, "completion", "-q", "bash")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert quiet.stdout == run("kachery", tmp_path, "completion", "bash").stdout
+    result = run("kachery", tmp_path, "completion", "-h")
+    assert result.returncode == 0 and "-q, --quiet" in result.stdout
+
+
+@pytest.mark.parametrize("shell, registers", [
+    ("zsh", "compdef _{function}_completion {program}"),
+    ("fish", "complete --no-files --command {program} --arguments"),
+])
+def test_zsh_and_fish_completion_register_every_command(tmp_path, shell, registers):
+    result = run("kachery", tmp_path, "completion", shell)
+    assert result.returncode == 0, result.stderr
+    for program in COMMANDS:
+        line = registers.format(program=program, function=program.replace("-", "_"))
+        assert line in result.stdout, line
+    # What such a shell then asks a command answers in its own format (fish
+    # passes the word being completed, zsh its index).
+    env = dict(env_for(tmp_path), COMP_WORDS="kachery-ls --rec",
+               COMP_CWORD="--rec" if shell == "fish" else "1",
+               _KACHERY_LS_COMPLETE=f"{shell}_complete")
+    answer = subprocess.run([command_path("kachery-ls")], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert "--recursive" in answer.stdout, answer.stdout

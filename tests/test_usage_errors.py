@@ -65,7 +65,8 @@ def test_server_warns_of_a_storage_directory_that_does_not_exist(tmp_path):
                               stderr=subprocess.PIPE, text=True)
     try:
         first = server.stderr.readline()
-        assert "warning" in first and str(missing) in first and "does not exist" in first
+        assert first.startswith("kachery: WARNING:") and str(missing) in first
+        assert "does not exist" in first
         assert "serving" in server.stderr.readline()
     finally:
         server.terminate()
