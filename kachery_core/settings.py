@@ -20,6 +20,7 @@ Example config file::
     token = "..."            # used for uploads (and reads of a private server)
 """
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 
@@ -151,6 +152,8 @@ def _number(settings, key, default, where="config file"):
         raise ConfigError(f"{where}: {key} must be a number of seconds, got {value!r}")
     if value < 0:
         raise ConfigError(f"{where}: {key} must not be negative, got {value!r}")
+    if not math.isfinite(value):  # TOML has nan and inf; a timer cannot use them
+        raise ConfigError(f"{where}: {key} must be a finite number of seconds, got {value!r}")
     return float(value)
 
 

@@ -154,6 +154,9 @@ def test_an_error_about_a_manifest_names_the_file(stored):
 
 @pytest.mark.parametrize("content, words", [
     ("remote_timeout = -1\n", ["remote_timeout", "negative"]),
+    ("remote_timeout = nan\n", ["remote_timeout", "finite", "nan"]),
+    ("remote_timeout = inf\n", ["remote_timeout", "finite", "inf"]),
+    ("remote_speed_time = -inf\n", ["remote_speed_time", "negative"]),
     ("remote_timeout = 'soon'\n", ["remote_timeout"]),
     ("cache_max = 'lots'\n", ["cache_max", "'lots'"]),
     ("verify_reads = 'maybe'\n", ["verify_reads"]),
