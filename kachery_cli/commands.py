@@ -487,9 +487,11 @@ def _copy_range(file, offset, end, out_fd):
 @click.command("verify")
 @click.option("--quarantine", is_flag=True, help="Move corrupt objects to <storage>/quarantine/.")
 @click.option("--clean-temp", is_flag=True, help="Also delete temp files of killed processes.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON summary (checked, bytes, corrupt, quarantined, temp files removed).")
 @common_options
 @stops_at_once
-def verify_command(quarantine, clean_temp, storage_dir, remotes):
+def verify_command(quarantine, clean_temp, as_json, storage_dir, remotes):
     """Re-hash every stored object and cached download; report corrupt ones (exit 3 if any)."""
     from kachery_core.verify import verify_store
 
@@ -497,23 +499,43 @@ def verify_command(quarantine, clean_temp, storage_dir, remotes):
     if not os.path.isdir(kachery.store.root):
         raise FileNotFoundError(errno.ENOENT, "storage directory does not exist", kachery.store.root)
     areas = (kachery.store, kachery.cache)  # what you stored, and verified downloads
-    if clean_temp:
-        removed = sum(area.remove_stale_temps(older_than=3600) for area in areas)
+    removed = sum(area.remove_stale_temps(older_than=3600) for area in areas) if clean_temp else None
+    if removed is not None and not as_json:
         click.echo(f"removed {removed} stale temp file(s)", err=True)
-    corrupt = 0
     progress = Progress.maybe("verifying", lambda: sum(_stored_bytes(area) for area in areas))
-    for area in areas:
-        report = verify_store(area, quarantine=quarantine, progress=progress)
+    reports = [(area, verify_store(area, quarantine=quarantine, progress=progress)) for area in areas]
+    if progress:
+        progress.close()
+    summary = _verify_summary(reports, removed)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        _print_verify_reports(reports, quarantine)
+    if summary["corrupt"]:
+        sys.exit(ExitStatus.CORRUPT)
+
+
+def _verify_summary(reports, removed):
+    """kachery-verify --json: totals over the store and the cache, and each one's counts."""
+    return {
+        "checked": sum(report.checked for _, report in reports),
+        "bytes": sum(report.bytes for _, report in reports),
+        "corrupt": [{"url": f"{algorithm}://{expected}", "content_hash": got, "path": path}
+                    for _, report in reports for algorithm, expected, got, path in report.corrupt],
+        "quarantined": [path for _, report in reports for path in report.quarantined],
+        "temp_files_removed": removed,  # null without --clean-temp
+        "areas": [{"root": area.root, "checked": report.checked, "bytes": report.bytes,
+                   "corrupt": len(report.corrupt)} for area, report in reports],
+    }
+
+
+def _print_verify_reports(reports, quarantine):
+    for area, report in reports:
         for algorithm, expected, got, path in report.corrupt:
             click.echo(f"CORRUPT {algorithm}://{expected} (content hashes to {got}): {path}")
         click.echo(f"{area.root}: checked {report.checked} object(s), {human_size(report.bytes)}, "
                    f"{len(report.corrupt)} corrupt"
                    + (f", {len(report.quarantined)} quarantined" if quarantine else ""), err=True)
-        corrupt += len(report.corrupt)
-    if progress:
-        progress.close()
-    if corrupt:
-        sys.exit(ExitStatus.CORRUPT)
 
 
 def _stored_bytes(area):

@@ -2,6 +2,7 @@
 the real commands: --version, -h/--help, -q, -v on every command, and
 kachery-ls with several URLs, -R and -h."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -200,3 +201,50 @@ def test_zsh_and_fish_completion_register_every_command(tmp_path, shell, registe
     answer = subprocess.run([command_path("kachery-ls")], env=env, capture_output=True, text=True,
                             timeout=60)
     assert "--recursive" in answer.stdout, answer.stdout
+
+
+def test_verify_json_summarises_the_check(tmp_path):
+    storage = tmp_path / "store"
+    for name, content in (("good.txt", b"good\n"), ("bad.txt", b"soon rotten\n")):
+        (tmp_path / name).write_bytes(content)
+        assert run("kachery-store", storage, tmp_path / name).returncode == 0
+    bad = next(path for path in storage.rglob("*")
+               if path.is_file() and path.name == hashlib.sha1(b"soon rotten\n").hexdigest())
+    bad.chmod(0o644)
+    bad.write_bytes(b"rotten\n")
+    result = run("kachery-verify", storage, "--json")
+    assert result.returncode == 3, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["checked"] == 2 and summary["bytes"] == len(b"good\n") + len(b"rotten\n")
+    assert summary["corrupt"] == [{"url": f"sha1://{bad.name}",
+                                   "content_hash": hashlib.sha1(b"rotten\n").hexdigest(),
+                                   "path": str(bad)}]
+    assert summary["quarantined"] == [] and summary["temp_files_removed"] is None
+    assert [area["root"] for area in summary["areas"]][0] == str(storage)
+    moved = json.loads(run("kachery-verify", storage, "--json", "--quarantine", "--clean-temp").stdout)
+    assert moved["quarantined"] == [str(storage / "quarantine" / "sha1" / bad.name)]
+    assert moved["temp_files_removed"] == 0
+    after = run("kachery-verify", storage, "--json")
+    assert after.returncode == 0 and json.loads(after.stdout)["corrupt"] == []
+    human = run("kachery-verify", storage)  # the default: a line per area on stderr
+    assert human.stdout == "" and f"{storage}: checked 1 object(s), 5 B, 0 corrupt" in human.stderr
+
+
+def test_config_and_cache_are_human_by_default(tmp_path):
+    storage = tmp_path / "store"
+    config_file = tmp_path / "config.toml"
+    config_file.write_text('cache_max = "2G"\n')
+    config = subprocess.run([command_path("kachery"), "config", "--remote", "http://127.0.0.1:9"],
+                            env=dict(env_for(storage), KACHERY_CONFIG=str(config_file)),
+                            capture_output=True, text=True, timeout=60)
+    assert config.returncode == 0, config.stderr
+    assert config.stdout.splitlines() == [
+        f"storage dir: {storage}", f"config file: {config_file}", "remotes:",
+        "  http://127.0.0.1:9", "cache max:   2.0 GiB (2147483648 bytes)"]
+    assert json.loads(run("kachery", storage, "config", "--json").stdout)["storage_dir"] == str(storage)
+    cache = run("kachery", storage, "cache")
+    assert cache.returncode == 0, cache.stderr
+    shown = dict(line.split(":", 1) for line in cache.stdout.splitlines() if ":" in line)
+    assert shown["objects"].strip() == "0" and shown["bytes"].strip() == "0 B"
+    assert shown["cache dir"].strip().startswith(str(storage))
+    assert "{" not in cache.stdout
