@@ -2,8 +2,9 @@
 
 A large file is read once. Each block read from the source is handed to up to
 three workers at the same time: the whole-file hash, the chunk hash for the
-file manifest (SPEC §4) and the write to the temp file, while the next block
-is read. hashlib and os.write release the GIL, so these really overlap.
+file manifest (SPEC §4) and the write to the temp file (around the page
+cache for a large regular file, see direct_write.py), while the next block
+is read. hashlib and os.pwrite release the GIL, so these really overlap.
 """
 
 import collections
@@ -15,9 +16,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from .durability import start_writeback
+from .direct_write import BlockWriter, aligned_buffer
 from .hashing import digest_bytes, new_hasher
 from .manifest import Chunk, DirEntry, FileEntry, FileManifest, dir_manifest_bytes
+from .transport import SourceChanged
 
 log = logging.getLogger("kachery")
 
@@ -25,8 +27,8 @@ log = logging.getLogger("kachery")
 CHUNK_SIZE = 4 * 1024 * 1024
 #: Files up to this size are read into memory in one go.
 SMALL_FILE = 1024 * 1024
-#: Start disk writeback every this many bytes of a large file.
-WRITEBACK_STEP = 64 * 1024 * 1024
+#: Regular files from this size on are written around the page cache.
+DIRECT_MIN = 64 * 1024 * 1024
 
 #: Threads that store the files of a snapshot, and the file count that uses them.
 SNAPSHOT_THREADS = 4
@@ -35,20 +37,19 @@ SNAPSHOT_GROUP = 64
 #: ... which are used when the first group took longer than this per file.
 SLOW_FILE_SECONDS = 250e-6
 PARALLEL_MIN_FILES = 16
-#: Blocks in flight between the reader and the two workers.
+#: Blocks in flight between the reader and the workers.
 PIPELINE_DEPTH = 6
 
 _workers = None
 
 
-def _workers_pair():
-    """Two single-thread executors: each runs its jobs in submission order."""
+def _worker_threads():
+    """Three single-thread executors (whole-file hash, chunk hashes, writes):
+    each runs its jobs in submission order."""
     global _workers
     if _workers is None:
-        _workers = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="kachery-hash"),
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="kachery-copy"),
-        )
+        _workers = tuple(ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kachery-{name}")
+                         for name in ("hash", "chunks", "write"))
     return _workers
 
 
@@ -133,7 +134,7 @@ def _store_large(batch, source, algorithm, path=None, progress=None):
         # upload.py) hashes the file in place and sends it from ``path``.
         size, digest, chunks = batch.hash_in_place(source, algorithm, path, progress)
     else:
-        size, digest, chunks = _copy_to_temp(batch, source, algorithm, progress)
+        size, digest, chunks = _copy_to_temp(batch, source, algorithm, progress, path)
     if not chunks or len(chunks) < 2:
         return StoredFile(algorithm, digest, size)
     manifest = FileManifest(size, digest, tuple(chunks))
@@ -141,11 +142,22 @@ def _store_large(batch, source, algorithm, path=None, progress=None):
     return StoredFile(algorithm, digest, size, stored_manifest.digest)
 
 
-def _copy_to_temp(batch, source, algorithm, progress=None):
+def _copy_to_temp(batch, source, algorithm, progress=None, path=None):
+    """Copy ``source`` into a new temp file of ``batch``; return (size, digest, chunks).
+    Raises SourceChanged if a regular file changed size or mtime meanwhile."""
+    before = _stat_of(source)
+    regular = before is not None and stat.S_ISREG(before.st_mode)
     fd, temp_path = batch.store.create_temp()
+    writer = None
     try:
-        size, digest, chunks = _copy_and_hash(source, fd, algorithm, progress)
+        writer = BlockWriter(fd, temp_path, direct=regular and before.st_size >= DIRECT_MIN)
+        size, digest, chunks = _copy_and_hash(source, writer, algorithm, progress)
+        writer.finish(size)
+        if regular:
+            _check_unchanged(source, before, size, path)
     except BaseException:
+        if writer is not None:
+            writer.close()
         os.close(fd)
         os.unlink(temp_path)
         raise
@@ -154,19 +166,37 @@ def _copy_to_temp(batch, source, algorithm, progress=None):
     return size, digest, chunks
 
 
-def _copy_and_hash(source, fd, algorithm, progress=None):
-    """Copy ``source`` to ``fd`` (None: no copy) while hashing; return (size, digest, chunks).
-    ``progress(bytes)`` is told of each block as it is read.
+def _stat_of(source):
+    """fstat of a file object, None for one without a descriptor (BytesIO)."""
+    try:
+        return os.fstat(source.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
 
-    Two single-thread workers run decoupled from each other and from the
-    reader: one feeds the whole-file hash, the other hashes each chunk and
-    writes it out. A ring of buffers lets each run ahead of the slower one;
-    a buffer is reused only after both workers are done with it.
+
+def _check_unchanged(source, before, size, path):
+    """A file written to, cut or grown while we read it gives a copy whose hash
+    names no version of it: refuse it (SourceChanged)."""
+    after = os.fstat(source.fileno())
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or size != before.st_size:
+        raise SourceChanged(path or getattr(source, "name", "the source"))
+
+
+def _copy_and_hash(source, writer, algorithm, progress=None):
+    """Copy ``source`` with ``writer`` (a BlockWriter; None: no copy) while
+    hashing; return (size, digest, chunks). ``progress(bytes)`` is told of
+    each block as it is read.
+
+    Three single-thread workers run decoupled from each other and from the
+    reader: the whole-file hash, the chunk hashes (sha1 only) and the writes.
+    A ring of buffers lets each run ahead of the slowest; a buffer is reused
+    only after every worker is done with it. Blocks are one chunk long, so a
+    chunk is hashed in one call and every write but the last is aligned.
     """
-    whole_worker, chunk_worker = _workers_pair()
+    whole_worker, chunk_worker, write_worker = _worker_threads()
     whole = new_hasher(algorithm)
     want_chunks = algorithm == "sha1"
-    free = [bytearray(CHUNK_SIZE) for _ in range(PIPELINE_DEPTH)]
+    free = [aligned_buffer(CHUNK_SIZE) for _ in range(PIPELINE_DEPTH)]
     in_flight = collections.deque()
     results = []
     offset = 0
@@ -180,7 +210,8 @@ def _copy_and_hash(source, fd, algorithm, progress=None):
             in_flight.append((
                 buffer,
                 whole_worker.submit(whole.update, block),
-                chunk_worker.submit(_write_chunk, fd, block, offset, want_chunks),
+                chunk_worker.submit(_chunk_of, block, offset) if want_chunks else None,
+                write_worker.submit(writer.write, buffer, count, offset) if writer else None,
             ))
             offset += count
             if progress:
@@ -211,7 +242,7 @@ def hash_once(source, algorithm, progress=None):
 
 def _abandon(in_flight, interrupted):
     """After a failure: let no queued job start and wait for the running ones,
-    so no worker writes to ``fd`` after the caller closes it (the number could
+    so no worker writes to the temp file after the caller closes it (the number could
     already belong to another file by then).
 
     After an interrupt (Ctrl-C) the executors are shut down as well: one that
@@ -220,7 +251,7 @@ def _abandon(in_flight, interrupted):
     it the interpreter hangs at exit waiting for that thread.
     """
     global _workers
-    futures = [future for _, *pair in in_flight for future in pair if future is not None]
+    futures = [future for _, *jobs in in_flight for future in jobs if future is not None]
     for future in futures:
         future.cancel()
     wait(futures)
@@ -232,22 +263,17 @@ def _abandon(in_flight, interrupted):
 
 def _retire(in_flight, results):
     """Wait for the oldest block's work; record its chunk; return its buffer."""
-    buffer, whole_done, chunk_done = in_flight.popleft()
+    buffer, whole_done, chunk_done, write_done = in_flight.popleft()
     whole_done.result()
-    results.append(chunk_done.result())
+    if write_done is not None:
+        write_done.result()
+    results.append(chunk_done.result() if chunk_done is not None else None)
     return buffer
 
 
-def _write_chunk(fd, block, offset, want_chunk):
-    """Write one block at the end of ``fd`` (None: hash only); return its Chunk (or None)."""
-    end = offset + len(block)
-    if fd is not None:
-        _write_all(fd, block)
-        if end // WRITEBACK_STEP != offset // WRITEBACK_STEP:
-            start_writeback(fd, 0, 0)  # get the disk busy now, not at the final flush
-    if not want_chunk:
-        return None
-    return Chunk(offset, end, digest_bytes("sha1", block))
+def _chunk_of(block, offset):
+    """The file-manifest Chunk of one block (SPEC §4)."""
+    return Chunk(offset, offset + len(block), digest_bytes("sha1", block))
 
 
 def _read_full(source, buffer):
@@ -261,11 +287,6 @@ def _read_full(source, buffer):
         filled += got
     return filled
 
-
-def _write_all(fd, block):
-    while block:
-        written = os.write(fd, block)
-        block = block[written:]
 
 
 # ---------------------------------------------------------------- snapshots

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from kachery_core import ingest
+from kachery_core.direct_write import BlockWriter
 from kachery_core.manifest import dir_manifest_bytes, parse_file_manifest
 from kachery_core.store import LocalStore, WriteBatch
 
@@ -201,18 +202,18 @@ class FailingSource:
 def test_failed_read_leaves_no_worker_writing_to_a_closed_fd(store, monkeypatch):
     import time
 
-    real_write_chunk = ingest._write_chunk
+    real_write = BlockWriter.write
     bad_fd_writes = []
 
-    def slow_write_chunk(fd, block, offset, want_chunk):
+    def slow_write(writer, buffer, count, offset):
         time.sleep(0.05)  # the reader fails while these are still queued
         try:
-            return real_write_chunk(fd, block, offset, want_chunk)
+            return real_write(writer, buffer, count, offset)
         except OSError as error:
             bad_fd_writes.append(error)
             raise
 
-    monkeypatch.setattr(ingest, "_write_chunk", slow_write_chunk)
+    monkeypatch.setattr(BlockWriter, "write", slow_write)
     batch = WriteBatch(store)
     with pytest.raises(OSError, match="simulated"):
         ingest._store_large(batch, FailingSource(4), "sha1")
