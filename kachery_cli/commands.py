@@ -397,23 +397,33 @@ def _entries(url, entry, recursive=False, prefix=""):
 @stops_at_once
 def cat_command(urls, start, end, storage_dir, remotes):
     """Write files' bytes (or each one's range [start, end)) to stdout, streamed,
-    one after the other."""
+    one after the other. On a terminal, stderr shows the bytes written so far."""
     if end is not None and end < start:
         raise ValueError(f"--end {end} is before --start {start}")  # one line, exit 2
     kachery = make_kachery(storage_dir, remotes)
     targets = [kachery.resolve_file(url) for url in urls]  # a bad URL: nothing written
-    for target in targets:
-        stop = target.size if end is None else min(end, target.size)
-        _write_to_stdout(kachery, target, min(start, stop), stop)
+    ranges = [(target, *_clamp(target, start, end)) for target in targets]
+    progress = Progress.maybe("reading", sum(stop - first for _, first, stop in ranges))
+    for target, first, stop in ranges:
+        _write_to_stdout(kachery, target, first, stop, progress)
+    if progress:
+        progress.close()
 
 
-def _write_to_stdout(kachery, target, start, end):
+def _clamp(target, start, end):
+    stop = target.size if end is None else min(end, target.size)
+    return min(start, stop), stop
+
+
+def _write_to_stdout(kachery, target, start, end, progress=None):
     if sys.stdout is None:  # started with stdout closed (`kachery-cat URL >&-`)
         raise OSError("cannot write to standard output: it is closed")
     sys.stdout.flush()
     try:
-        for block in _cat_blocks(kachery, target, start, end):
+        for block in _cat_blocks(kachery, target, start, end, progress):
             sys.stdout.buffer.write(block)
+            if progress:
+                progress(len(block))
         sys.stdout.buffer.flush()
     except BrokenPipeError:
         # The reader went away (`kachery-cat URL | head`): not an error. Handled
@@ -430,7 +440,7 @@ def _write_to_stdout(kachery, target, start, end):
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EBADF}
 
 
-def _cat_blocks(kachery, target, start, end):
+def _cat_blocks(kachery, target, start, end, progress=None):
     """The blocks kachery-cat writes; a whole file is hashed as it streams and
     its last block held back until it matches (exit 3 otherwise): a copy in
     the store may have rotted, and the chunks of a file manifest may each be
@@ -444,7 +454,7 @@ def _cat_blocks(kachery, target, start, end):
     if in_store or not target.manifest:
         path = kachery.file_path(target)
         if not (whole and in_store):
-            _send_file(path, start, end, sys.stdout.fileno())
+            _send_file(path, start, end, sys.stdout.fileno(), progress)
             return iter(())
         blocks = file_blocks(path)
     else:
@@ -455,21 +465,24 @@ def _cat_blocks(kachery, target, start, end):
                            f"{target.algorithm}://{target.digest}")
 
 
-def _send_file(path, start, end, out_fd):
-    """Copy [start, end) of a file to out_fd in the kernel where it can."""
+def _send_file(path, start, end, out_fd, progress=None):
+    """Copy [start, end) of a file to out_fd in the kernel where it can;
+    ``progress(bytes)`` is told after each step (16 MiB: a few per second)."""
     with open(path, "rb") as file:
         offset = start
         while offset < end:
             try:
-                sent = os.sendfile(out_fd, file.fileno(), offset, min(end - offset, 1 << 30))
+                sent = os.sendfile(out_fd, file.fileno(), offset, min(end - offset, 1 << 24))
             except OSError:  # e.g. a terminal or other fd sendfile refuses
-                return _copy_range(file, offset, end, out_fd)
+                return _copy_range(file, offset, end, out_fd, progress)
             if sent == 0:
                 break
             offset += sent
+            if progress:
+                progress(sent)
 
 
-def _copy_range(file, offset, end, out_fd):
+def _copy_range(file, offset, end, out_fd, progress=None):
     file.seek(offset)
     while offset < end:
         block = file.read(min(1 << 20, end - offset))
@@ -479,6 +492,8 @@ def _copy_range(file, offset, end, out_fd):
         while view:
             view = view[os.write(out_fd, view):]
         offset += len(block)
+        if progress:
+            progress(len(block))
 
 
 # ------------------------------------------------------------------- verify

@@ -118,11 +118,15 @@ def test_an_interrupted_download_stops_at_once_and_leaves_nothing(tmp_path, comm
 
 
 class SlowSink:
-    """An HTTP server that takes PUT bodies slowly (64 KiB every 10 ms) and keeps nothing."""
+    """An HTTP server that takes PUT bodies slowly (64 KiB every ``pause``
+    seconds) and keeps nothing; ``received`` counts the body bytes read so far."""
 
-    def __init__(self):
+    def __init__(self, pause=0.01):
         import http.server
         import threading
+
+        sink = self
+        self.received = 0
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -139,7 +143,8 @@ class SlowSink:
                 try:
                     while left and (block := self.rfile.read(min(left, 65536))):
                         left -= len(block)
-                        time.sleep(0.01)
+                        sink.received += len(block)
+                        time.sleep(pause)
                     self.send_response(201)
                     self.end_headers()
                 except (BrokenPipeError, ConnectionResetError):
@@ -174,12 +179,12 @@ def test_an_interrupted_store_and_upload_stop_at_once_and_leave_nothing(tmp_path
         sink.close()
 
 
-def run_on_a_terminal(command, env, timeout=60):
+def run_on_a_terminal(command, env, timeout=60, stdout=subprocess.PIPE):
     """Run ``command`` with its stderr on a pseudo-terminal; return (status, what it drew)."""
     import pty
 
     leader, follower = pty.openpty()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=follower)
+    process = subprocess.Popen(command, env=env, stdout=stdout, stderr=follower)
     os.close(follower)
     drawn = bytearray()
     while True:
@@ -209,3 +214,62 @@ def test_long_operations_show_progress_with_total_percentage_and_eta(tmp_path):
     # Not a terminal: no progress at all (logs and pipes stay clean).
     quiet = subprocess.run([command_path("kachery-verify")], env=env, capture_output=True, text=True)
     assert "verifying:" not in quiet.stderr
+
+
+def progress_lines(drawn, label):
+    """The progress lines a command drew (each redraw starts with a carriage return)."""
+    return [line for line in drawn.replace("\r", "\n").splitlines() if line.startswith(label + ":")]
+
+
+def assert_progress_with_total_and_eta(drawn, label, total):
+    lines = progress_lines(drawn, label)
+    assert any(f"/ {total}" in line and "%" in line for line in lines), drawn
+    assert any("ETA" in line for line in lines[:-1]), lines  # while it runs ...
+    assert "(100%)" in lines[-1], lines  # ... and the whole at the end
+
+
+@pytest.fixture
+def slow_remote_file(tmp_path):
+    """A 24 MiB file (with a file manifest) on a mirror sending 32 MiB/s per
+    request; yields (mirror, URL with ?manifest=, bytes)."""
+    data = random.Random(5).randbytes(24 * 1024 * 1024)
+    source = tmp_path / "remote.bin"
+    source.write_bytes(data)
+    url = run("kachery-store", tmp_path / "remote-storage", source).stdout.strip()
+    assert "?manifest=" in url
+    mirror = Mirror(tmp_path / "remote-storage", rate=32 * 1024 * 1024)
+    yield mirror, url, data
+    mirror.close()
+
+
+def test_load_and_cat_of_a_remote_file_show_progress(tmp_path, slow_remote_file):
+    mirror, url, data = slow_remote_file
+    status, drawn = run_on_a_terminal([command_path("kachery-load"), url],
+                                      env_for(tmp_path / "loading", mirror.url))
+    assert status == 0, drawn
+    assert_progress_with_total_and_eta(drawn, "downloading", "24.0 MiB")
+    env = env_for(tmp_path / "client", mirror.url)  # nothing cached yet
+    status, drawn = run_on_a_terminal([command_path("kachery-cat"), url], env,
+                                      stdout=subprocess.DEVNULL)
+    assert status == 0, drawn
+    assert_progress_with_total_and_eta(drawn, "reading", "24.0 MiB")
+    # -q, or stderr not a terminal: no progress at all.
+    status, drawn = run_on_a_terminal([command_path("kachery-cat"), "-q", url], env,
+                                      stdout=subprocess.DEVNULL)
+    assert status == 0 and drawn == ""
+    piped = subprocess.run([command_path("kachery-cat"), url], env=env, capture_output=True,
+                           timeout=60)
+    assert piped.stdout == data and piped.stderr == b""
+
+
+def test_upload_shows_progress_with_total_and_eta(tmp_path):
+    source = tmp_path / "big.bin"
+    source.write_bytes(random.Random(6).randbytes(24 * 1024 * 1024))
+    sink = SlowSink(pause=0.002)  # about 30 MiB/s
+    try:
+        status, drawn = run_on_a_terminal([command_path("kachery-store"), "--upload", str(source)],
+                                          env_for(tmp_path / "client", sink.url))
+    finally:
+        sink.close()
+    assert status == 0, drawn
+    assert_progress_with_total_and_eta(drawn, "uploading", "24.0 MiB")
