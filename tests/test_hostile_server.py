@@ -116,9 +116,8 @@ def test_a_flood_of_large_has_requests_keeps_memory_bounded_and_gets_answered(se
     print(f"flood: peak RSS {peak:.0f} MB, GET median {latencies[len(latencies) // 2] * 1000:.1f} ms, "
           f"max {latencies[-1] * 1000:.1f} ms over {len(latencies)} GETs")
     assert peak < 200, peak
-    # The bound is 0.2 s; the median must meet it, and even the slowest
-    # stays near it on a loaded 2-core test machine.
-    assert latencies[len(latencies) // 2] < 0.2, latencies
-    assert latencies[-1] < 1.0, latencies
+    # The bound: every unrelated GET under 0.2 s. Measured max 15-18 ms
+    # on the 2-core test machine, also with two more processes spinning on it.
+    assert latencies[-1] < 0.2, latencies
     errors = [line for line in server.log().splitlines() if " 500 " in line or "Error" in line]
     assert not errors, "\n".join(errors[:20])
