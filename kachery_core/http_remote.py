@@ -13,7 +13,8 @@ bodies are spliced into their file in the kernel (zerocopy.py) and large
 uploads are sent with sendfile(2).
 
 Reliability: connection reuse, connect/read timeouts, retries with
-exponential backoff on connection errors and 5xx answers (then
+exponential backoff on connection errors, 429 and 5xx answers (a pause
+at least as long as the answer's Retry-After, up to RETRY_AFTER_MAX; then
 RemoteUnavailable), a download cut in the middle resumed where it stopped,
 and every body read against a minimum pace (pace.py).
 """
@@ -70,6 +71,9 @@ HAS_BATCH = 20000
 #: Transient server-side failures: retried with backoff, then the next remote
 #: (429: a server busy with other large requests, see kachery_server/limits.py).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Longest pause a server's Retry-After gets before the next attempt: a busy
+#: kachery-server asks for 1 s; a hostile one asking for hours is not obeyed.
+RETRY_AFTER_MAX = 5.0
 #: Statuses with which a static server says "no such API" (SPEC §5).
 NO_API_STATUSES = (404, 405, 501)
 
@@ -149,20 +153,21 @@ class HttpRemote:
         return headers
 
     def _retrying(self, attempt):
-        """``attempt()`` until it gives a non-transient answer, with backoff; see _send."""
-        reason = "no attempt"
+        """``attempt()`` until it gives a non-transient answer, with backoff
+        (at least as long as the answer's Retry-After, see _retry_after); see _send."""
+        reason, asked_to_wait = "no attempt", 0.0
         for number in range(self.settings.retries):
             if number:
-                time.sleep(self.settings.backoff * 2 ** (number - 1))
+                time.sleep(max(self.settings.backoff * 2 ** (number - 1), asked_to_wait))
             try:
                 response = attempt()
             except _NETWORK_ERRORS as error:
-                reason = describe(error)
+                reason, asked_to_wait = describe(error), 0.0
                 continue
             if response.status_code not in RETRY_STATUSES:
                 self._mark(self.url, True)
                 return response
-            reason = f"HTTP {response.status_code}"
+            reason, asked_to_wait = f"HTTP {response.status_code}", _retry_after(response)
             response.close()
         self._mark(self.url, False)
         raise RemoteUnavailable(self.url, reason)
@@ -562,6 +567,14 @@ def _status_error(remote, response, what):
     if 400 <= status < 500:
         return RemoteRejected(remote.url, status, reason)
     return RemoteUnavailable(remote.url, f"unexpected HTTP {status}")
+
+
+def _retry_after(response):
+    """Seconds an answer's Retry-After asks the client to wait (RFC 9110
+    §10.2.3; only the delta-seconds form), at most RETRY_AFTER_MAX; 0 without one."""
+    value = response.headers.get("Retry-After", "").strip()
+    # (isascii: "²" is a digit to str.isdigit, not to float)
+    return min(float(value), RETRY_AFTER_MAX) if value.isascii() and value.isdigit() else 0.0
 
 
 def _from_object_store(response):
