@@ -12,7 +12,7 @@ extra=""
 for arg in "$@"; do
   case "$arg" in
     --test) packages+=(sqlite3 curl tar findutils grep coreutils chromium chromium-driver); extra="[test]" ;;
-    --bench) packages+=(sqlite3 curl openssl nginx); extra="[test]" ;;
+    --bench) packages+=(sqlite3 curl openssl nginx); extra="[test,bench]" ;;
     *) echo "usage: $0 [--test] [--bench]" >&2; exit 2 ;;
   esac
 done
