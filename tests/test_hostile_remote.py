@@ -231,6 +231,51 @@ def test_a_file_truncated_during_upload_only_is_changed_never_a_signal(servers, 
     assert verify_store(LocalStore(server.storage)).corrupt == []
 
 
+@pytest.mark.parametrize("size", [32 * 1024 * 1024, 7 * 1024 * 1024 + 512 * 1024],
+                         ids=["sendfile", "streamed"])
+def test_a_file_truncated_during_its_put_is_changed_at_once(servers, tmp_path, size):
+    """Deterministic: the PUT is held by a proxy after its first 64 KiB (the
+    file hashed long before), the file is cut short, the PUT goes on. It
+    ends at once with the one-line error, not at a timeout, and the server
+    holds nothing under that name. Large files go up with sendfile(2),
+    smaller ones through requests (http_remote.SENDFILE_MIN)."""
+    import subprocess
+
+    from conftest import _command_path
+    from hostile_helpers import PausingProxy
+    from kachery_core.http_remote import SENDFILE_MIN
+
+    assert (size >= SENDFILE_MIN) == (size == 32 * 1024 * 1024)
+    server = servers.kachery()
+    path = tmp_path / "cut.bin"
+    data = random.Random(13).randbytes(size)
+    path.write_bytes(data)
+    env = dict(os.environ, KACHERY_STORAGE_DIR=str(tmp_path / "A"), KACHERY_REMOTE="",
+               KACHERY_CONFIG=str(tmp_path / "none.toml"), KACHERY_TOKEN=server.write_token)
+    with PausingProxy(server.url) as proxy:
+        process = subprocess.Popen([_command_path("kachery-store"), "--upload-only", "--remote",
+                                    proxy.url, path], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert proxy.paused.wait(30), "the upload never started"
+            os.truncate(path, size // 2)
+            proxy.resume()
+            resumed = time.monotonic()
+            stdout, stderr = process.communicate(timeout=60)
+            elapsed = time.monotonic() - resumed
+        finally:
+            process.kill()
+            process.wait()
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    assert_one_line_error(result, 6, "changed while it was being stored", str(path))
+    assert elapsed < 5, elapsed  # not the server's or the client's timeout
+    assert not os.path.exists(os.path.join(server.storage, object_rel(hashlib.sha1(data).hexdigest())))
+    from kachery_core.store import LocalStore
+    from kachery_core.verify import verify_store
+
+    assert verify_store(LocalStore(server.storage)).checked == 0  # nothing at all was stored
+
+
 @needs_fuse
 @pytest.mark.fuse
 def test_a_mount_serves_3000_concurrent_opens(tmp_path, run_cli):
