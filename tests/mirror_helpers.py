@@ -18,6 +18,7 @@ class Mirror:
         self.corrupt = corrupt
         self.rate = rate  # bytes per second of every body, None: as fast as it goes
         self.sent = {}
+        self.streaming = 0  # body bytes written so far, counted as they go (with ``rate``)
         self.ranges = []  # (path, Range header or None) of every GET, in order
         mirror = self
 
@@ -66,6 +67,7 @@ class Mirror:
             step = 64 * 1024
             for start in range(0, len(body), step):
                 request.wfile.write(body[start:start + step])
+                self.streaming += len(body[start:start + step])
                 time.sleep(step / self.rate)
         else:
             request.wfile.write(body)

@@ -84,37 +84,142 @@ def leftovers(storage):
             if path.is_file() and (path.suffix == ".part" or "tmp" in path.relative_to(storage).parts)]
 
 
-def interrupt_after(process, seconds, signum):
-    """Send ``signum`` after ``seconds``; return (exit status, seconds it took to exit)."""
-    time.sleep(seconds)
+def wait_until(started, process, what, timeout=30):
+    """Poll ``started()`` until it holds: the work is under way (not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not started():
+        assert process.poll() is None, f"the command ended ({process.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.005)
+
+
+def interrupt(process, signum):
+    """Send ``signum``; return (exit status, seconds it took to exit)."""
     started = time.monotonic()
     process.send_signal(signum)
     status = process.wait(timeout=10)
     return status, time.monotonic() - started
 
 
+def stop_for_good(process):
+    """A finally clause's: no process outlives its test, whatever failed."""
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=10)
+
+
+def assert_stopped_at_once(exit_status, took, status, stderr):
+    assert exit_status == status, stderr
+    assert took < 0.5, took
+    assert stderr.strip().splitlines()[-1] in ("kachery: interrupted", "kachery: terminated")
+
+
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 @pytest.mark.parametrize("command", ["kachery-load", "kachery-cat"])
-def test_an_interrupted_download_stops_at_once_and_leaves_nothing(tmp_path, command, signum, status):
+@pytest.mark.parametrize("form", ["whole", "manifest"])
+def test_an_interrupted_download_stops_at_once_and_leaves_nothing(tmp_path, command, signum, status,
+                                                                  form):
+    """``whole``: the object in one request; ``manifest``: a ?manifest= URL,
+    fetched chunk by chunk in parallel."""
     data = random.Random(2).randbytes(48 * 1024 * 1024)
     source = tmp_path / "remote.bin"
     source.write_bytes(data)
     storage = tmp_path / "remote-storage"
-    url = run("kachery-store", storage, source).stdout.strip().partition("?")[0]  # whole-object reads
+    url = run("kachery-store", storage, source).stdout.strip()
+    assert "?manifest=" in url
+    if form == "whole":
+        url = url.partition("?")[0]
     mirror = Mirror(storage, rate=16 * 1024 * 1024)  # 3 s for the whole object
     client = tmp_path / "client"
+    process = subprocess.Popen([command_path(command), url], env=env_for(client, mirror.url),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        process = subprocess.Popen([command_path(command), url], env=env_for(client, mirror.url),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        exit_status, took = interrupt_after(process, 0.8, signum)
+        wait_until(lambda: mirror.streaming >= 1024 * 1024, process, "content sent")
+        exit_status, took = interrupt(process, signum)
         stderr = process.stderr.read().decode()
     finally:
+        stop_for_good(process)
         mirror.close()
-    assert exit_status == status, stderr
-    assert took < 0.5, took
-    assert stderr.strip().splitlines()[-1] in ("kachery: interrupted", "kachery: terminated")
+    assert_stopped_at_once(exit_status, took, status, stderr)
+    assert mirror.streaming < len(data)  # it was stopped mid-transfer
     assert leftovers(client) == []
     assert not any(path.name == hashlib.sha1(data).hexdigest() for path in client.rglob("*"))
+
+
+def test_an_interrupted_store_of_a_large_file_leaves_no_temp(tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(random.Random(7).randbytes(4 * 1024 * 1024) * 75)  # 300 MiB, not sparse
+    for signum, status in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        storage = tmp_path / f"store-{signum}"
+
+        def writing():  # the copy into the store's temp area has begun
+            temps = [path for path in (storage / "tmp").glob("*.part")] if storage.exists() else []
+            return any(path.stat().st_size > 0 for path in temps if path.exists())
+
+        process = subprocess.Popen([command_path("kachery-store"), str(big)], env=env_for(storage),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_until(writing, process, "a temp file being written")
+            exit_status, took = interrupt(process, signum)
+            stderr = process.stderr.read().decode()
+        finally:
+            stop_for_good(process)
+        assert_stopped_at_once(exit_status, took, status, stderr)
+        assert process.stdout.read() == b""
+        assert leftovers(storage) == []
+
+
+class TerminalProcess:
+    """A command with its stderr on a pseudo-terminal, read as it draws."""
+
+    def __init__(self, command, env):
+        import pty
+        import threading
+
+        self.leader, follower = pty.openpty()
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=follower)
+        os.close(follower)
+        self.drawn = bytearray()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        while True:
+            try:
+                data = os.read(self.leader, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not data:
+                break
+            self.drawn += data
+
+    def text(self):
+        return bytes(self.drawn).decode(errors="replace")
+
+    def close(self):
+        stop_for_good(self.process)
+        self.reader.join(timeout=10)
+        os.close(self.leader)
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_verify_stops_at_once(tmp_path, signum, status):
+    storage = tmp_path / "store"
+    run("kachery-store", storage, __file__)
+    big = storage / "sha1" / "aa" / "aa" / "aa" / ("a" * 40)  # 4 GiB to hash: seconds of work
+    big.parent.mkdir(parents=True)
+    with open(big, "wb") as file:
+        file.truncate(4 * 1024 ** 3)
+    terminal = TerminalProcess([command_path("kachery-verify")], env_for(storage))
+    try:
+        wait_until(lambda: any(line.startswith("verifying: ") and not line.startswith("verifying: 0 B")
+                               for line in terminal.text().split("\r")),
+                   terminal.process, "verify progress")
+        exit_status, took = interrupt(terminal.process, signum)
+    finally:
+        terminal.close()
+    assert_stopped_at_once(exit_status, took, status, terminal.text())
+    assert "checked" not in terminal.text()  # it had not got through the store
 
 
 class SlowSink:
@@ -163,20 +268,24 @@ class SlowSink:
 def test_an_interrupted_store_and_upload_stop_at_once_and_leave_nothing(tmp_path, signum, status):
     source = tmp_path / "big.bin"
     source.write_bytes(random.Random(3).randbytes(64 * 1024 * 1024))
-    sink = SlowSink()
     client = tmp_path / "client"
-    try:
-        for args in (["--upload"], ["--upload-only"]):
+    for args in (["--upload"], ["--upload-only"]):
+        sink = SlowSink()  # its own: the last one's count may still be growing
+        try:
             process = subprocess.Popen([command_path("kachery-store"), *args, str(source)],
                                        env=env_for(client, sink.url), stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE)
-            exit_status, took = interrupt_after(process, 1.0, signum)
-            assert exit_status == status, process.stderr.read()
-            assert took < 0.5, took
+            try:
+                wait_until(lambda: sink.received > 0, process, "upload bytes at the server")
+                exit_status, took = interrupt(process, signum)
+            finally:
+                stop_for_good(process)
+            assert_stopped_at_once(exit_status, took, status, process.stderr.read().decode())
             assert process.stdout.read() == b""  # no URL for what was not uploaded
+            assert sink.received < source.stat().st_size
             assert leftovers(client) == []
-    finally:
-        sink.close()
+        finally:
+            sink.close()
 
 
 def run_on_a_terminal(command, env, timeout=60, stdout=subprocess.PIPE):
