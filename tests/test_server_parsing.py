@@ -2,9 +2,11 @@
 api/has document, with Hypothesis over arbitrary input; and how a PUT body
 lands in its temp file."""
 
+import asyncio
 import hashlib
 import os
 import random
+import time
 
 import pytest
 from hypothesis import given
@@ -93,3 +95,35 @@ def test_temp_upload_writes_every_block_in_order(tmp_path):
     with open(upload.path, "rb") as file:
         assert file.read() == data
     upload.abort()
+
+
+class _TricklingRequest:
+    """What JsonBodies reads of a request whose body comes one byte at a time."""
+
+    content_length = 1000
+
+    def __init__(self, pause):
+        self.content = self
+        self.pause = pause
+
+    async def iter_any(self):
+        for _ in range(1000):
+            await asyncio.sleep(self.pause)
+            yield b" "
+
+
+def test_a_body_that_trickles_is_408_and_frees_its_slot():
+    from aiohttp import web
+
+    from kachery_server.limits import JsonBodies
+
+    async def scenario():
+        bodies = JsonBodies(concurrent=2, body_seconds=0.2)
+        started = time.monotonic()
+        results = await asyncio.gather(*(bodies.read(_TricklingRequest(0.05)) for _ in range(2)),
+                                       return_exceptions=True)
+        assert all(isinstance(result, web.HTTPRequestTimeout) for result in results), results
+        assert time.monotonic() - started < 2
+        assert not bodies._slots.locked()  # the slots are free for the next requests
+
+    asyncio.run(scenario())
