@@ -31,7 +31,8 @@ import contextlib
 import copy
 import threading
 
-from .settings import Remote
+from .errors import ConfigError
+from .settings import Remote, valid_remote_url
 
 _IGNORED = ("from_remote_only", "use_hard_links", "verbose", "preset", "channel", "download",
             "download_only")
@@ -118,8 +119,8 @@ def _parse(settings):
             raise ValueError("to=: one upload target (a URL or a {'url': ...} dict)")
         parsed["to"] = targets[0] if targets else None
         parsed["upload"] = bool(targets)
-    if settings.get("to_remote_only") or settings.get("upload_only"):
-        parsed["upload_only"] = True
+    if "to_remote_only" in settings or "upload_only" in settings:  # False turns it off again
+        parsed["upload_only"] = bool(settings.get("to_remote_only") or settings.get("upload_only"))
     if "upload" in settings:
         parsed["upload"] = bool(settings["upload"])
     if "algorithm" in settings:
@@ -145,7 +146,11 @@ def _remotes(value, what):
 
 
 def _url(text, what):
+    """A remote URL checked at the call (ValueError), not at the first request."""
     if "://" not in str(text):
         raise ValueError(f"{what}={text!r}: kachery 0.6 preset names named servers that no longer "
                          f"exist; give the URL of a kachery server (e.g. 'http://host:8080')")
-    return str(text).rstrip("/")
+    try:
+        return valid_remote_url(str(text)).rstrip("/")
+    except ConfigError as error:
+        raise ConfigError(f"{what}=: {error}") from None

@@ -92,3 +92,102 @@ def test_a_06_script_runs_unchanged_but_for_its_import(tmp_path, servers):  # no
     assert preset.startswith("ValueError") and "URL of a kachery server" in preset
     assert no_url.startswith("ValueError") and "'url'" in no_url
     assert unknown.startswith("TypeError") and "color" in unknown
+
+
+SETTINGS_06 = r"""
+import hashlib, json, os, sys
+import kachery_core as ka
+
+server, token, shared_url, local_file = sys.argv[1:5]
+report = {}
+
+# fr=None: local only, even with KACHERY_REMOTE set
+ka.set_config(fr=None)
+report["none"] = ka.get_config()["fr"]
+report["none_load"] = ka.load_text(shared_url)
+
+# the older form: url= (+ password= as its token)
+ka.set_config(url=server, password=token, upload=True)
+report["url_config"] = ka.get_config()
+report["url_load"] = ka.load_text(shared_url)
+report["url_stored"] = ka.store_text("sent with the password\n")
+ka.set_config(url=server, password="not-the-token", upload=True)
+try:
+    ka.store_text("refused\n")
+    report["bad_password"] = None
+except Exception as error:
+    report["bad_password"] = type(error).__name__
+ka.set_config(upload=False)
+
+# to_remote_only: uploaded, no local copy
+ka.set_config(fr=None, to={"url": server, "token": token}, to_remote_only=True)
+report["remote_only_config"] = ka.get_config()
+report["remote_only_stored"] = ka.store_text("only on the server\n")
+ka.set_config(to=None, to_remote_only=False, upload_only=False)
+
+# algorithm="md5": store_file's default hash
+ka.set_config(fr=None, algorithm="md5")
+report["md5_config"] = ka.get_config()["algorithm"]
+report["md5_url"] = ka.store_file(local_file)
+ka.set_config(algorithm="sha1")
+
+# accepted, no effect
+before = ka.get_config()
+ka.set_config(from_remote_only=True, use_hard_links=True, verbose=True, preset="default_readonly",
+              channel="lab", download=True, download_only=False)
+report["ignored_same"] = ka.get_config() == before
+
+# a URL no remote can have: a ValueError at the call, the settings unchanged
+report["bad_urls"] = []
+for bad in (dict(fr="ftp://x"), dict(to="ftp://x"), dict(url="http://[::1")):
+    try:
+        ka.set_config(**bad)
+        report["bad_urls"].append(None)
+    except ValueError as error:
+        report["bad_urls"].append(str(error))
+report["after_bad"] = ka.get_config() == before
+print(json.dumps(report))
+"""
+
+
+def test_the_other_06_settings(tmp_path, servers):  # noqa: F811
+    server_storage = tmp_path / "server-storage"
+    env = dict(os.environ, KACHERY_STORAGE_DIR=str(server_storage), KACHERY_CONFIG="/nonexistent")
+    (tmp_path / "shared.txt").write_text("shared text\n")
+    shared = subprocess.run([command_path("kachery-store"), str(tmp_path / "shared.txt")], env=env,
+                            capture_output=True, text=True, check=True).stdout.strip()
+    server = servers.kachery(storage=server_storage)
+    client = tmp_path / "client"
+    local_file = tmp_path / "local.txt"
+    local_file.write_bytes(b"hashed with md5\n")
+    client_env = dict(os.environ, KACHERY_STORAGE_DIR=str(client), KACHERY_CONFIG="/nonexistent",
+                      KACHERY_REMOTE=server.url)
+    client_env.pop("KACHERY_TOKEN", None)
+    result = subprocess.run([sys.executable, "-c", SETTINGS_06, server.url, server.write_token, shared,
+                             str(local_file)], env=client_env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["none"] == [] and report["none_load"] is None  # the remote was not asked
+    assert report["url_config"]["fr"] == [server.url] and report["url_config"]["upload"] is True
+    assert report["url_load"] == "shared text\n"
+    sent = hashlib.sha1(b"sent with the password\n").hexdigest()
+    assert report["url_stored"].startswith(f"sha1://{sent}/")
+    assert any(path.endswith(sent) for path in stored_objects(server_storage))
+    assert report["bad_password"] == "AccessDenied"  # the password is the token that is sent
+    config = report["remote_only_config"]
+    assert config["to"] == server.url and config["to_remote_only"] is True
+    remote_only = hashlib.sha1(b"only on the server\n").hexdigest()
+    assert report["remote_only_stored"].startswith(f"sha1://{remote_only}/")
+    assert any(path.endswith(remote_only) for path in stored_objects(server_storage))
+    assert not any(path.endswith(remote_only) for path in stored_objects(client))  # not kept
+    assert report["md5_config"] == "md5"
+    md5 = hashlib.md5(b"hashed with md5\n").hexdigest()
+    assert report["md5_url"] == f"md5://{md5}/local.txt"
+    assert any(path.endswith(md5) for path in stored_objects(client))
+    assert report["ignored_same"] is True
+    fr, to, url = report["bad_urls"]
+    assert fr.startswith("fr=: invalid remote URL 'ftp://x'")
+    assert to.startswith("to=: invalid remote URL 'ftp://x'")
+    assert url.startswith("url=: invalid remote URL")
+    assert report["after_bad"] is True
