@@ -370,6 +370,10 @@ class HttpRemote:
             response = _unless_changed(source, size, lambda: self._send(
                 "PUT", path, headers=headers, body=lambda: _FileBody(source, size, progress)))
         with response:
+            if response.status_code == 400 and not in_memory:
+                # The caller hashed this file to ``digest`` and the server found
+                # other bytes: it changed between the hash and the upload.
+                raise SourceChanged(source)
             if response.status_code not in (200, 201):
                 raise _status_error(self, response, f"{algorithm}://{digest}")
         if progress and (in_memory or size == 0):

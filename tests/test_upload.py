@@ -319,3 +319,21 @@ def test_snapshot_load_from_a_server_fetches_small_files_in_batches(servers, env
     ok(run_cli("kachery-load", url, "--dest", again, env=b))
     assert len(re.findall(r'"(GET|POST) ', server.log())) == before
     assert (again / "d3" / "f39.bin").read_bytes() == files[source / "d3" / "f39.bin"]
+
+
+@pytest.mark.parametrize("size", [2_000_000, 40_000_000])  # streamed, sendfile
+def test_a_file_that_changed_after_its_hash_is_changed_not_rejected(servers, tmp_path, size):
+    """Cut short between the hash and the PUT: the server finds other bytes
+    (400); that is the file changing under the store, not a refusal."""
+    from kachery_core.remote import RemoteSet
+    from kachery_core.settings import Remote
+    from kachery_core.transport import SourceChanged
+
+    server = servers.kachery()
+    data = pseudo_random(size)
+    path = tmp_path / "data.bin"
+    path.write_bytes(data[: size // 2])  # what is left of it when the upload starts
+    remotes = RemoteSet([Remote(server.url, server.write_token)], retries=1)
+    with pytest.raises(SourceChanged):
+        remotes.upload("sha1", sha1(data), str(path))
+    assert object_rel(sha1(data)).lstrip("/") not in stored_objects(server.storage)
