@@ -178,7 +178,7 @@ class _StdoutFile(io.FileIO):
     def write(self, data):
         try:
             return super().write(data)
-        except BrokenPipeError:  # the reader left (`| head`): handled as success
+        except (BrokenPipeError, BlockingIOError):  # `| head`: success; non-blocking: retried
             raise
         except OSError as error:
             raise StdoutError(error.errno, error.strerror) from None

@@ -171,6 +171,8 @@ def test_server_quiet_and_verbose_set_its_log_level(tmp_path):
     assert "does not exist" in plain and "serving" in plain and "GET /sha1/00/00/00/" in plain
     assert "DEBUG" not in plain
     assert server_log(tmp_path, "-q") == ""  # errors only: no warning, banner or access log
+    verbose = server_log(tmp_path, "-v")
+    assert "serving" in verbose and "DEBUG" not in verbose
     debug = server_log(tmp_path, "-vv")
     assert "kachery: DEBUG:" in debug and "GET /sha1/00/00/00/" in debug
 

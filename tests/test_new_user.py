@@ -362,6 +362,10 @@ def test_load_and_cat_of_a_remote_file_show_progress(tmp_path, slow_remote_file)
                                       stdout=subprocess.DEVNULL)
     assert status == 0, drawn
     assert_progress_with_total_and_eta(drawn, "reading", "24.0 MiB")
+    status, drawn = run_on_a_terminal([command_path("kachery-cat"), url],  # a cached copy
+                                      env_for(tmp_path / "loading", mirror.url),
+                                      stdout=subprocess.DEVNULL)
+    assert status == 0 and "(100%)" in progress_lines(drawn, "reading")[-1], drawn
     # -q, or stderr not a terminal: no progress at all.
     status, drawn = run_on_a_terminal([command_path("kachery-cat"), "-q", url], env,
                                       stdout=subprocess.DEVNULL)
