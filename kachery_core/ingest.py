@@ -242,8 +242,8 @@ def hash_once(source, algorithm, progress=None):
 
 def _abandon(in_flight, interrupted):
     """After a failure: let no queued job start and wait for the running ones,
-    so no worker writes to the temp file after the caller closes it (the number could
-    already belong to another file by then).
+    so no worker writes to the temp file after the caller closes it (its
+    descriptor number could already belong to another file by then).
 
     After an interrupt (Ctrl-C) the executors are shut down as well: one that
     arrives inside ``submit()`` while it starts the worker thread leaves a
