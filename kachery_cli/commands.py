@@ -452,7 +452,10 @@ def _cat_blocks(kachery, target, start, end, progress=None):
     whole = start == 0 and end == target.size
     in_store = kachery.store.has(target.algorithm, target.digest)
     if in_store or not target.manifest:
-        path = kachery.file_path(target)
+        receiving = None if in_store else _download_progress(kachery, target)
+        path = kachery.file_path(target)  # (a remote file without a manifest: downloaded whole)
+        if receiving:
+            receiving.close()
         if not (whole and in_store):
             _send_file(path, start, end, sys.stdout.fileno(), progress)
             return iter(())

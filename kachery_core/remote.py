@@ -254,8 +254,10 @@ class RemoteSet:
         """Write one object (``source``: bytes or a file path) to the upload
         remote; return 201 (new) or 200 (already there).
 
-        Raises AccessDenied (401/403), RemoteRejected (e.g. 413 or a digest
-        mismatch), RemoteUnavailable (unreachable, 5xx), SourceChanged.
+        Raises AccessDenied (401/403), RemoteRejected (e.g. 413, or bytes that
+        are not ``digest``), RemoteUnavailable (unreachable, 5xx),
+        SourceChanged (a file path whose bytes, on arrival, are not the
+        ``digest`` the caller hashed it to: it changed since).
         """
         return self._uploads.upload(algorithm, digest, source, progress)
 

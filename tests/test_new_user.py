@@ -373,6 +373,12 @@ def test_load_and_cat_of_a_remote_file_show_progress(tmp_path, slow_remote_file)
     piped = subprocess.run([command_path("kachery-cat"), url], env=env, capture_output=True,
                            timeout=60)
     assert piped.stdout == data and piped.stderr == b""
+    # Without a file manifest the whole object is downloaded before a byte is written.
+    status, drawn = run_on_a_terminal([command_path("kachery-cat"), url.split("?")[0]],
+                                      env_for(tmp_path / "whole", mirror.url),
+                                      stdout=subprocess.DEVNULL)
+    assert status == 0, drawn
+    assert_progress_with_total_and_eta(drawn, "downloading", "24.0 MiB")
 
 
 def test_upload_shows_progress_with_total_and_eta(tmp_path):

@@ -22,6 +22,7 @@ from kachery_core.manifest import Chunk
 from kachery_core.client import FileTarget
 from kachery_core.remote import RemoteSet
 from kachery_core.store import LocalStore
+from kachery_core.transport import SourceChanged
 from server_helpers import (  # noqa: F401  (fixtures)
     dead_url, object_rel, put_local, servers, sha1, shared_server, stored_objects,
 )
@@ -229,6 +230,8 @@ def test_upload_refusals_map_to_errors(servers, tmp_path):
     with pytest.raises(RemoteRejected, match="413"):
         writer.upload("sha1", sha1(DATA), str(big))
     with pytest.raises(RemoteRejected, match="digest mismatch"):
+        writer.upload("sha1", sha1(b"other"), b"hello")
+    with pytest.raises(SourceChanged):  # a file we hashed to another digest: it changed since
         writer.upload("sha1", sha1(b"other"), str(small))
     with pytest.raises(RemoteUnavailable):
         remote_set((dead_url(), "t")).upload("sha1", sha1(b"hello"), str(small))
@@ -360,7 +363,7 @@ def test_large_uploads_use_sendfile_and_map_refusals(servers, tmp_path):
     writer = remote_set((server.url, server.write_token))
     with pytest.raises(RemoteRejected, match="413"):
         writer.upload("sha1", sha1(huge.read_bytes()), str(huge))
-    with pytest.raises(RemoteRejected, match="digest mismatch"):
+    with pytest.raises(SourceChanged):  # (the caller hashed the file: it changed since)
         writer.upload("sha1", sha1(b"not it"), str(big))
     sent = []
     assert writer.upload("sha1", digest, str(big), sent.append) == 201
