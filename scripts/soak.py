@@ -220,15 +220,17 @@ class Soak:
 
     def final_checks(self):
         rows = []
-        stores = sorted(name for name in os.listdir(self.work)
-                        if name.startswith(("client", "reader", "mount-store")))
+        stores = sorted(name for name in os.listdir(self.work)  # (not client.toml)
+                        if name.startswith(("client", "reader", "mount-store"))
+                        and os.path.isdir(os.path.join(self.work, name)))
         corrupt_found = 0
         for name in stores:
             result = subprocess.run([tool("kachery-verify"), "--clean-temp"], capture_output=True,
                                     env=self.env(name, []))
             if result.returncode != 0:
                 corrupt_found += 1
-                self.failures.append(f"kachery-verify of {name}: {result.stdout.decode()[-300:]}")
+                self.failures.append(f"kachery-verify of {name} (exit {result.returncode}): "
+                                     f"{(result.stdout + result.stderr).decode()[-300:]}")
         result = subprocess.run([tool("kachery-server"), "verify", "--storage", self.server_storage,
                                  "--config", self.config], capture_output=True)
         if result.returncode != 0:
