@@ -31,7 +31,6 @@ import signal
 import sys
 import threading
 
-from kachery_core.export import remove_partials
 from kachery_core.store import remove_own_temps
 
 #: Exit statuses of the shell convention: 128 + the signal's number.
@@ -95,7 +94,11 @@ def stop_now(interruption):
         # The one line is out; what workers say while their files vanish is noise.
         quiet = os.open(os.devnull, os.O_WRONLY)
         os.dup2(quiet, sys.stderr.fileno())
-        remove_partials()
+        # Only a command that copies out (export.py) has partial copies; the
+        # others do not import it, which keeps their start-up short.
+        export = sys.modules.get("kachery_core.export")
+        if export is not None:
+            export.remove_partials()
         remove_own_temps()
     finally:
         os._exit(TERMINATED if terminated else INTERRUPTED)

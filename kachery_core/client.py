@@ -4,12 +4,11 @@ It combines the local store with the configured remotes. Commands, the mount
 and the Python API are thin layers over it.
 """
 
+import functools
 import json
 import os
 import threading
 from dataclasses import dataclass
-
-from cachetools import LRUCache
 
 from .cache import CacheArea
 from .settings import load_config
@@ -62,12 +61,24 @@ class Kachery:
         self._remotes = remotes
         self._lock = threading.Lock()
         self._parse_lock = threading.Lock()
-        self._dir_manifests = LRUCache(maxsize=32)
-        self._file_manifests = LRUCache(maxsize=1024)
         self.cache = CacheArea(self.config.storage_dir, self.config.cache_max)
         self.stats = Stats()
         self._fetcher = None
         self._verified = set()  # (algorithm, digest) re-hashed by verify_once
+
+    # Parsed manifests, made on first use: a command that only stores never
+    # parses one, and cachetools then stays out of its start-up.
+    @functools.cached_property
+    def _dir_manifests(self):
+        from cachetools import LRUCache
+
+        return LRUCache(maxsize=32)
+
+    @functools.cached_property
+    def _file_manifests(self):
+        from cachetools import LRUCache
+
+        return LRUCache(maxsize=1024)
 
     @classmethod
     def from_config(cls, **overrides):

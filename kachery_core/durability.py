@@ -10,8 +10,6 @@ fsyncs them one by one instead: as cheap, and it does not wait for unrelated
 dirty data of other processes on the same file system.)
 """
 
-import ctypes
-import ctypes.util
 import os
 
 SYNC_FILE_RANGE_WRITE = 2
@@ -22,6 +20,8 @@ _libc = None
 def _load_libc():
     global _libc
     if _libc is None:
+        import ctypes.util  # here: only large buffered copies and big batches need it
+
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     return _libc
 
@@ -65,6 +65,8 @@ def start_writeback(fd, offset, length):
     Issued while a large file is still being copied, so that the final flush
     only waits for the tail instead of the whole file.
     """
+    import ctypes
+
     try:
         _load_libc().sync_file_range(
             fd, ctypes.c_longlong(offset), ctypes.c_longlong(length), SYNC_FILE_RANGE_WRITE

@@ -20,7 +20,6 @@ about to be renamed is never taken for dead either.
 import atexit
 import fcntl
 import os
-import socket
 import threading
 import time
 import uuid
@@ -34,7 +33,9 @@ LOCK_DIR = "locks"
 #: Batches with at least this many objects are published by several threads.
 PARALLEL_PUBLISH = 64
 #: Host part of temp names (no dots: the name's fields are dot-separated).
-_HOST = socket.gethostname().replace(".", "_") or "localhost"
+#: (os.uname's node name is what gethostname(2) returns on Linux; it saves
+#: importing socket at every start.)
+_HOST = os.uname().nodename.replace(".", "_") or "localhost"
 
 
 class LocalStore:
