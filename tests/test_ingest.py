@@ -274,6 +274,30 @@ def test_threads_storing_large_files_at_once(store, tmp_path):
         assert all(c.sha1 == hashlib.sha1(blob[c.start:c.end]).hexdigest() for c in manifest.chunks)
 
 
+# Each block's chunk is hashed on the reader or, when the whole-hash worker is
+# keeping up, on that worker: either way (and mixed) the manifest is the same.
+@pytest.mark.parametrize("backlog", [-1, 1, ingest.PIPELINE_DEPTH])
+@pytest.mark.parametrize("algorithm", ["sha1", "md5"])
+def test_chunks_hashed_on_either_thread_give_the_same_manifest(tmp_path, monkeypatch, backlog,
+                                                                algorithm):
+    monkeypatch.setattr(ingest, "WORKER_BACKLOG", backlog)
+    size = (ingest.PIPELINE_DEPTH + 3) * ingest.CHUNK_SIZE - 5
+    data = os.urandom(size)
+    for copy in (False, True):
+        with io.BytesIO(data) as source:
+            if copy:
+                batch = WriteBatch(LocalStore(tmp_path / f"store{backlog}"))
+                got_size, digest, chunks = ingest._copy_to_temp(batch, source, algorithm)
+                batch.discard()
+            else:
+                got_size, digest, chunks = ingest.hash_once(source, algorithm)
+        assert (got_size, digest) == (size, hashlib.new(algorithm, data).hexdigest())
+        expected = [(start, min(start + ingest.CHUNK_SIZE, size),
+                     hashlib.sha1(data[start:start + ingest.CHUNK_SIZE]).hexdigest())
+                    for start in range(0, size, ingest.CHUNK_SIZE)] if algorithm == "sha1" else []
+        assert [(c.start, c.end, c.sha1) for c in chunks] == expected
+
+
 # ------------------------------------------- hashing without a copy (--upload-only)
 
 @pytest.mark.parametrize("size", [ingest.CHUNK_SIZE + 1, 3 * ingest.CHUNK_SIZE - 7])
