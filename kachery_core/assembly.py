@@ -1,21 +1,29 @@
-"""A large file's whole object, built from its chunks as they arrive in order.
+"""A large file's whole object, built in place from its verified chunks.
 
-When a program reads a remote file from the start, its chunks arrive (nearly)
-in order. Each verified chunk is appended to one temp file in the cache and
-fed to the whole-file hasher; after the last one the hash is checked and the
-temp file is renamed to the object's name. The file becomes a whole verified
-object without a second pass: no chunk files to write, read back and join.
+When a program reads a remote file from its start, the file's whole object
+is built in one temp file in the cache, as long as the file: each chunk is
+received straight into it at its own offset (spliced from the socket where
+the transport can, see http_remote.receive_range), verified against its
+chunk sha1, and from then on served from there. A writer thread feeds the
+verified chunks, in order, to the whole-file hasher, reading them where they
+lie (no copy); after the last one the hash is checked and the temp file is
+renamed to the object's name. No byte is copied through Python and none is
+written twice.
 
-Chunks that arrive ahead of their turn are kept as chunk objects in the cache
-and absorbed when the assembly reaches them (see Fetcher._persist_chunk).
-Appending happens on one thread (the fetcher's writer); reads of what is
-already appended may come from any thread.
+Chunks may arrive in any order (read-ahead fetches several at once). Reads
+and hashing use a read-only descriptor; fetches write through their own
+uses of the write descriptor, which is closed only when no fetch holds it.
 """
 
 import os
 import threading
 
 from .hashing import new_hasher
+from .zerocopy import hash_file_range
+
+
+class AssemblyClosed(Exception):
+    """The assembly was dropped or published: write the chunk elsewhere."""
 
 
 class Assembly:
@@ -25,52 +33,78 @@ class Assembly:
         self.cache = cache
         self.target = target
         self.manifest = manifest
-        self.next = 0  # index of the next chunk to append
+        self.next = 0  # chunks before this one are fed to the whole-file hasher
         self._hasher = new_hasher(target.algorithm)
-        self._lock = threading.Lock()  # guards the fd against close during a read
-        self._end = 0  # bytes appended so far
-        self._fd, self._temp_path = cache.create_temp()  # (write only)
-        self._read_fd = os.open(self._temp_path, os.O_RDONLY | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._verified = set()  # indices of chunks whose verified bytes are in the file
+        self._users = 0  # fetches and reads using the descriptors right now
+        self._closing = False
+        self._fd, self._temp_path = cache.create_temp()  # (read-write: landed bytes are hashed)
+        try:
+            os.ftruncate(self._fd, target.size)  # sparse: chunks land at their offsets
+            self._read_fd = os.open(self._temp_path, os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(self._fd)
+            os.unlink(self._temp_path)
+            raise
 
     @property
     def complete(self):
         return self.next == len(self.manifest.chunks)
 
-    def append(self, data):
-        """Append the verified bytes of chunk ``self.next`` (writer thread only)."""
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-        self._hasher.update(data)
-        with self._lock:
-            self._end += len(data)
-            self.next += 1
-
-    def has(self, index):
-        return index < self.next
-
-    def read(self, start, stop):
-        """Bytes [start, stop) if already appended, else None (any thread)."""
-        with self._lock:
-            if self._fd is None or stop > self._end:
-                return None
-            return os.pread(self._read_fd, stop - start, start)
-
     @property
     def temp_path(self):
         return self._temp_path
+
+    def receive(self, index, fetch_into):
+        """Have ``fetch_into(fd)`` write chunk ``index`` (verified, at its
+        offset); then serve it from here. Raises AssemblyClosed when the
+        assembly went away first."""
+        fd = self._use()
+        try:
+            fetch_into(fd)
+        finally:
+            self._unuse()
+        with self._lock:
+            self._verified.add(index)
+
+    def has(self, index):
+        return index in self._verified
+
+    def read(self, start, stop):
+        """Bytes [start, stop), which lie in verified chunks (any thread), or
+        None once the assembly is closed."""
+        try:
+            self._use()
+        except AssemblyClosed:
+            return None
+        try:
+            return os.pread(self._read_fd, stop - start, start)
+        finally:
+            self._unuse()
+
+    def hash_verified(self):
+        """Feed the verified chunks that come next, in order, to the whole-file
+        hasher (writer thread only); True once every chunk is in."""
+        chunks = self.manifest.chunks
+        while self.next < len(chunks) and self.has(self.next):
+            chunk = chunks[self.next]
+            hash_file_range(self._hasher, self._read_fd, chunk.start, chunk.end)
+            self.next += 1
+        return self.complete
 
     def hexdigest(self):
         """The whole file's hash (call once complete)."""
         return self._hasher.hexdigest()
 
     def close(self):
-        """Close the temp file (after it was published or dropped)."""
+        """Close the temp file (after it was published or dropped), as soon
+        as no fetch or read uses it."""
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                os.close(self._read_fd)
-                self._fd = None
+            self._closing = True
+            idle = self._users == 0
+        if idle:
+            self._close_now()
 
     def abort(self):
         """Close and drop the temp file."""
@@ -79,3 +113,24 @@ class Assembly:
             os.unlink(self._temp_path)
         except FileNotFoundError:
             pass
+
+    def _use(self):
+        with self._lock:
+            if self._closing:
+                raise AssemblyClosed(self.target.digest)
+            self._users += 1
+            return self._fd
+
+    def _unuse(self):
+        with self._lock:
+            self._users -= 1
+            last = self._closing and self._users == 0
+        if last:
+            self._close_now()
+
+    def _close_now(self):
+        with self._lock:
+            fds, self._fd, self._read_fd = (self._fd, self._read_fd), None, None
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)

@@ -278,7 +278,8 @@ class Kachery:
                     self._fetcher = Fetcher(self.cache, self.remotes.fetch_chunk,
                                             self.remotes.download, stats=self.stats,
                                             fetch_small=self.remotes.fetch_small,
-                                            fetch_small_many=self.remotes.fetch_small_many)
+                                            fetch_small_many=self.remotes.fetch_small_many,
+                                            fetch_chunk_into=self.remotes.fetch_chunk_into)
         return self._fetcher
 
     def close(self):

@@ -10,8 +10,13 @@
 - concurrent requests for the same object or chunk share one fetch
   (single flight), and sequential reading fetches the next chunks ahead in
   parallel;
-- once every chunk of a file is cached it is assembled into the whole object
-  (verified against the file's own hash) and the chunks are dropped;
+- a file read from its start is built in place, in one temp file as long
+  as the file: chunks are received straight into it at their offsets,
+  verified, served from there, and fed in order to the whole-file hash; the
+  temp file becomes the whole object once all are in and the hash matches
+  (assembly.py). Chunks of files read in another order are kept as chunk
+  objects in the cache (fetched into memory, served from there while the
+  writer stores them), and joined into the whole object once all are cached;
 - small objects (at most SMALL_MAX bytes) are fetched into memory, verified,
   served from a bounded in-memory LRU, and written to the cache by a
   background thread. Creating a cache file costs four metadata operations
@@ -19,6 +24,8 @@
   fetching 50 KB over loopback, so it is kept off the reader's path.
 
 The remote side is injected: ``fetch_chunk(target, chunk) -> bytes`` (verified),
+optionally ``fetch_chunk_into(target, chunk, fd)`` (verified, written at
+``chunk.start``; without it the bytes of fetch_chunk are written there),
 ``download(algorithm, digest, cache) -> path`` and, optionally,
 ``fetch_small(algorithm, digest, max_size) -> bytes`` (verified) and
 ``fetch_small_many([(algorithm, digest)], max_size) -> {key: bytes}``
@@ -34,8 +41,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from cachetools import LRUCache
 
-from .assembly import Assembly
-from .errors import HashMismatch
+from .assembly import Assembly, AssemblyClosed
+from .errors import HashMismatch, KacheryError
 from .hashing import new_hasher
 from .stats import Stats
 
@@ -54,6 +61,8 @@ SMALL_MAX = 1024 * 1024
 MEMORY_BYTES = 64 * 1024 * 1024
 #: Small objects asked for in one batch request.
 BATCH_OBJECTS = 16
+#: Seconds without assemblies after writing one failed (a full disk, say).
+ASSEMBLE_RETRY = 60.0
 #: Bytes of fetched chunks held in memory until the writer has stored them.
 FRESH_MAX = 64 * 1024 * 1024
 
@@ -62,9 +71,10 @@ class Fetcher:
     """Single-flight, read-ahead fetching of objects and chunks. Thread safe."""
 
     def __init__(self, cache, fetch_chunk, download, workers=8, stats=None, fetch_small=None,
-                 fetch_small_many=None):
+                 fetch_small_many=None, fetch_chunk_into=None):
         self.cache = cache
         self._fetch_chunk = fetch_chunk
+        self._fetch_chunk_into = fetch_chunk_into or self._copy_chunk_into
         self._download = download
         self._fetch_small = fetch_small
         self._fetch_small_many = fetch_small_many
@@ -78,7 +88,8 @@ class Fetcher:
         self._fresh = {}  # chunk sha1 -> bytes fetched and not yet written
         self._fresh_bytes = 0
         self._room = threading.Condition(self._lock)  # signalled as fresh bytes are written
-        self._assemblies = {}  # target digest -> Assembly (written by the writer thread only)
+        self._assemblies = {}  # target digest -> Assembly (hashed and published by the writer)
+        self._assemble_after = 0.0  # no assemblies before (monotonic time): the disk failed
         #: digest -> HashMismatch of files whose chunks all verified but whose
         #: whole did not: nothing more is served from them (see read()).
         self._refuted = {}
@@ -346,6 +357,8 @@ class Fetcher:
 
     def _chunk_future(self, target, manifest, index):
         chunk = manifest.chunks[index]
+        if index == 0:  # read from its start: build the whole object in place
+            self._assembly(target, manifest, index)
         if self._have_chunk(target, manifest, index):
             self.stats.add("cache_hits")
             self.cache.touch("sha1", chunk.sha1)
@@ -367,25 +380,46 @@ class Fetcher:
         return self.cache.has("sha1", chunk.sha1) or self.cache.has(target.algorithm, target.digest)
 
     def _fetch_and_keep(self, target, manifest, index):
-        """Fetch a chunk; readers get it from memory while the writer stores it."""
+        """Fetch a chunk into its file's assembly, else into memory, where
+        readers get it while the writer stores it as a chunk object."""
         chunk = manifest.chunks[index]
         if self._have_chunk(target, manifest, index):  # a fetch that just finished got it
             return
+        with self._lock:
+            assembly = self._assemblies.get(target.digest)
         started = time.monotonic()
         try:
-            data = self._fetch_chunk(target, chunk)
+            if assembly is not None:
+                try:
+                    assembly.receive(index, lambda fd: self._fetch_chunk_into(target, chunk, fd))
+                except AssemblyClosed:
+                    assembly = None
+                except OSError as error:
+                    if isinstance(error, KacheryError):  # the remote's: failover is done
+                        raise
+                    self._cannot_assemble(assembly, error)  # (a full disk, say)
+                    assembly = None
+            if assembly is None:
+                data = self._fetch_chunk(target, chunk)
         except HashMismatch:
             self.stats.add("verification_failures")
             raise
         log.debug("fetched %s://%s bytes %d-%d (chunk %d) in %.3f s", target.algorithm,
                   target.digest, chunk.start, chunk.end, index, time.monotonic() - started)
-        self.stats.add("bytes_fetched", len(data))
+        self.stats.add("bytes_fetched", chunk.end - chunk.start)
         with self._lock:
             self._fetched[target.digest] = count = self._fetched.get(target.digest, 0) + 1
             if count == len(manifest.chunks):
                 self._all_fetched.add(target.digest)
+        if assembly is not None:
+            self._writer.submit(self._advance, assembly)
+            return
         self._hold_fresh(chunk.sha1, data)
         self._writer.submit(self._persist_chunk, target, manifest, index, data)
+
+    def _copy_chunk_into(self, target, chunk, fd):
+        """fetch_chunk_into from fetch_chunk: the verified bytes, written at their offset."""
+        _write_at(fd, self._fetch_chunk(target, chunk), chunk.start)
 
     def _hold_fresh(self, key, data):
         """Keep fetched bytes in memory until written; wait while FRESH_MAX is held."""
@@ -465,58 +499,84 @@ class Fetcher:
     # ---------------------------------------------------------- assembling
 
     def _persist_chunk(self, target, manifest, index, data):
-        """Writer thread: append a fetched chunk to its file's assembly when it
-        is next in line, else keep it as a chunk object in the cache."""
+        """Writer thread: keep a chunk fetched into memory as a chunk object
+        (an assembly under way takes it in when its turn comes)."""
         chunk = manifest.chunks[index]
-        assembly = None
         try:
-            assembly = self._assembly(target, manifest, index)
-            if assembly is not None and index == assembly.next:
-                assembly.append(data)
-                self._absorb(assembly)
-            elif assembly is not None:
-                if not assembly.has(index):  # ahead of its turn: absorbed later
-                    self.cache.put(data, "sha1", chunk.sha1)
-            elif not self.cache.has(target.algorithm, target.digest):  # (absorbed already)
+            if not self.cache.has(target.algorithm, target.digest):  # (else published already)
                 self.cache.put(data, "sha1", chunk.sha1)
-                self._note_chunk(target, manifest, index)
+                with self._lock:
+                    assembly = self._assemblies.get(target.digest)
+                if assembly is None:
+                    self._note_chunk(target, manifest, index)
+                else:
+                    self._advance(assembly)
         except Exception as error:  # reads fetch the chunk again
             log.warning("could not cache chunk %d of %s://%s: %s", index, target.algorithm,
                         target.digest, error)
-            if assembly is not None:
-                self._drop_assembly(assembly)
         finally:
             self._release_fresh(chunk.sha1)
 
     def _assembly(self, target, manifest, index):
-        """The file's assembly; a new one when its first chunk arrives and it fits."""
+        """The file's assembly; a new one when its first chunk is wanted and it fits."""
         with self._lock:
             assembly = self._assemblies.get(target.digest)
         if (assembly is None and index == 0 and self._fits(target.size)
+                and time.monotonic() >= self._assemble_after
                 and not self.cache.has(target.algorithm, target.digest)):
-            self.cache.reserve(target.algorithm, target.digest, target.size)
-            assembly = Assembly(self.cache, target, manifest)
-            with self._lock:
+            with self._lock:  # (two readers of chunk 0 at once: one assembly)
+                if target.digest in self._assemblies:
+                    return self._assemblies[target.digest]
+                try:
+                    assembly = Assembly(self.cache, target, manifest)
+                except OSError as error:
+                    log.warning("cannot build %s://%s in the cache (%s): reading it into memory",
+                                target.algorithm, target.digest, error)
+                    self._assemble_after = time.monotonic() + ASSEMBLE_RETRY
+                    return None
+                self.cache.reserve(target.algorithm, target.digest, target.size)
                 self._assemblies[target.digest] = assembly
                 self._chunks_done.pop(target.digest, None)
         return assembly
 
-    def _absorb(self, assembly):
-        """Append the chunks that already wait in memory or in the cache, in
-        order; publish the whole object once the last one is in."""
-        chunks = assembly.manifest.chunks
-        while not assembly.complete:
-            chunk = chunks[assembly.next]
-            with self._lock:
-                data = self._fresh.get(chunk.sha1)
-            if data is None:
-                try:
-                    with open(self.cache.object_path("sha1", chunk.sha1), "rb") as file:
-                        data = file.read()
-                except FileNotFoundError:
+    def _cannot_assemble(self, assembly, error):
+        """A chunk could not be written into its assembly: drop it, and build
+        none for a while; chunks are fetched into memory meanwhile."""
+        target = assembly.target
+        log.warning("cannot build %s://%s in the cache (%s): reading it into memory",
+                    target.algorithm, target.digest, error)
+        self._assemble_after = time.monotonic() + ASSEMBLE_RETRY
+        self._drop_assembly(assembly)
+
+    def _advance(self, assembly):
+        """Writer thread: hash the chunks now in line (taking in chunk objects
+        cached meanwhile); publish the whole object once all are in."""
+        target = assembly.target
+        with self._lock:
+            if self._assemblies.get(target.digest) is not assembly:
+                return  # dropped or published already
+        try:
+            while not assembly.hash_verified():
+                if not self._take_cached_chunk(assembly, assembly.next):
                     return
-            assembly.append(data)
-        self._finish(assembly)
+            self._finish(assembly)
+        except Exception as error:  # reads fetch the chunks again
+            log.warning("could not assemble %s://%s: %s", target.algorithm, target.digest, error)
+            self._drop_assembly(assembly)
+
+    def _take_cached_chunk(self, assembly, index):
+        """Copy chunk ``index``'s cached chunk object into the assembly; False if none."""
+        chunk = assembly.manifest.chunks[index]
+        try:
+            source = os.open(self.cache.object_path("sha1", chunk.sha1), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            data = os.pread(source, chunk.end - chunk.start, 0)
+        finally:
+            os.close(source)
+        assembly.receive(index, lambda fd: _write_at(fd, data, chunk.start))
+        return True
 
     def _finish(self, assembly):
         target = assembly.target
@@ -607,3 +667,10 @@ def _concatenate(cache, manifest, fd, algorithm):
         while view:
             view = view[os.write(fd, view):]
     return hasher.hexdigest()
+
+
+def _write_at(fd, data, offset):
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written

@@ -46,7 +46,8 @@ from .receiving import (
     skip,
     uninitialized,
 )
-from .transport import SourceChanged, TransferSettings, is_in_memory, object_path
+from .transport import (SourceChanged, TransferSettings, is_in_memory, object_path,
+                        receive_range_by_copy)
 
 log = logging.getLogger("kachery")
 
@@ -270,6 +271,32 @@ class HttpRemote:
                 return memoryview(data), receive_hashing(readinto, data)
             except TransferFailed as error:
                 raise RemoteUnavailable(self.url, f"transfer of {path} broke: {error}") from None
+
+    def receive_range(self, algorithm, digest, start, end, fd):
+        """Bytes [start, end) into ``fd`` at offset ``start``: spliced in the
+        kernel from a plain-HTTP answer (zerocopy.py), hashed as they land."""
+        path = object_path(algorithm, digest)
+        what = f"{algorithm}://{digest} bytes {start}-{end - 1}"
+        response = self._send("GET", path, stream=True, headers={"Range": f"bytes={start}-{end - 1}"})
+        with response:
+            if response.status_code == 200 and start:  # Range ignored: skip to it in memory
+                response.close()
+                return receive_range_by_copy(self, algorithm, digest, start, end, fd)
+            if response.status_code not in (200, 206):
+                raise _status_error(self, response, what)
+            expected = response.headers.get("Content-Length", "")
+            if expected.isdigit() and int(expected) != end - start:  # (not the range asked)
+                raise HashMismatch(f"{end - start} bytes", f"{expected} bytes", f"{what} from {self.url}")
+            hasher = new_hasher("sha1")
+            try:
+                size = _receive_range_body(response, fd, start, end - start, hasher,
+                                           self.settings.pace())
+            except TransferFailed as error:
+                raise RemoteUnavailable(self.url, f"transfer of {path} broke: {error}") from None
+            if size != end - start:
+                raise RemoteUnavailable(self.url, f"transfer of {path} broke after {size} of "
+                                        f"{end - start} bytes")
+            return hasher.hexdigest()
 
     def read_small(self, algorithm, digest, max_size):
         path = object_path(algorithm, digest)
@@ -655,6 +682,32 @@ def _receive_body(response, fd, offset, hasher, progress, early_writeback, pace)
     os.lseek(fd, offset + received, os.SEEK_SET)
     return received + pump(_body_reader(response, pace), fd, hasher, progress, block,
                             early_writeback)[1]
+
+
+def _receive_range_body(response, fd, offset, length, hasher, pace):
+    """Write a body of at most ``length`` bytes into ``fd`` at ``offset``,
+    hashing it; return its size. Only positional writes: other ranges of the
+    same file may be arriving on other threads at the same time."""
+    sock = zerocopy.body_socket(response.raw)
+    received = 0
+    if sock is not None:
+        try:
+            return zerocopy.receive(response.raw, sock, fd, hasher, None, None, offset, pace)
+        except zerocopy.SpliceRefused as refused:
+            received = refused.received
+        except TooSlow:
+            raise
+        except _NETWORK_ERRORS as error:
+            raise TransferFailed(describe(error)) from None
+    data = uninitialized(length - received)
+    count = receive_into(_body_reader(response, pace), data)
+    view = memoryview(data)[:count]
+    hasher.update(view)
+    position = offset + received
+    while view:
+        written = os.pwrite(fd, view, position)
+        view, position = view[written:], position + written
+    return received + count
 
 
 def _start_of_body(remote, response, asked, what):

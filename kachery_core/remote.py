@@ -189,6 +189,21 @@ class RemoteSet:
 
         return self._failover(what, attempt)
 
+    def fetch_chunk_into(self, target, chunk, fd):
+        """Write one verified chunk of a remote FileTarget into ``fd`` at
+        offset ``chunk.start``. On a mismatch the next remote writes over
+        the bytes; when none has it right, HashMismatch (or like
+        :meth:`download`) and the range of ``fd`` holds nothing to trust."""
+        what = f"{target.algorithm}://{target.digest} bytes {chunk.start}-{chunk.end - 1}"
+
+        def attempt(transport):
+            got = transport.receive_range(target.algorithm, target.digest, chunk.start, chunk.end, fd)
+            if got != chunk.sha1:
+                path = object_path(target.algorithm, target.digest)
+                raise HashMismatch(chunk.sha1, got, f"chunk of {path} from {transport.url}")
+
+        return self._failover(what, attempt)
+
     def fetch_small(self, algorithm, digest, max_size):
         """The verified bytes of an object of at most ``max_size`` bytes.
 

@@ -17,6 +17,10 @@ only moves bytes and reports what it saw. Its operations:
                                                the whole object into the empty
                                                file fd, hashed as it arrives
     read_range(alg, digest, start, end) -> (buffer, sha1 hex of it)
+    receive_range(alg, digest, start, end, fd) -> sha1 hex
+                                               bytes [start, end) written into
+                                               fd (read-write) at offset start,
+                                               hashed as they arrive
     read_small(alg, digest, max_size) -> bytes at most max_size + 1 bytes (one
                                                more shows an oversized answer)
     read_small_many([(alg, digest)], max_size) -> {(alg, digest): bytes}
@@ -60,6 +64,16 @@ def object_path(algorithm, digest):
     """'<alg>/<h[0:2]>/<h[2:4]>/<h[4:6]>/<h>' of a validated digest (SPEC §2)."""
     digest = validate_hash(algorithm, digest)
     return f"{algorithm}/{digest[0:2]}/{digest[2:4]}/{digest[4:6]}/{digest}"
+
+
+def receive_range_by_copy(transport, algorithm, digest, start, end, fd):
+    """receive_range for a transport that only reads ranges into memory."""
+    data, got = transport.read_range(algorithm, digest, start, end)
+    view, offset = memoryview(data), start
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+    return got
 
 
 def source_size(source):

@@ -164,3 +164,67 @@ def test_cache_without_quota_never_walks_itself_for_reads_and_writes(tmp_path, m
     monkeypatch.undo()
     assert fresh.usage() == (4, sum(map(len, blobs[1:])))  # the index, built now, is right
     assert fresh.evict(0) == sum(map(len, blobs[1:]))
+
+
+class IntoRemote(FakeRemote):
+    """Also writes chunks straight into a file, as RemoteSet.fetch_chunk_into does."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.into_calls = []
+
+    def fetch_chunk_into(self, target, chunk, fd):
+        with self.lock:
+            self.into_calls.append(chunk.start)
+        piece = self.data[chunk.start:chunk.end]
+        assert hashlib.sha1(piece).hexdigest() == chunk.sha1
+        os.pwrite(fd, piece, chunk.start)
+
+
+def test_a_file_read_from_its_start_is_built_in_place(tmp_path):
+    """Every chunk lands in the one temp file (no chunk objects, no memory
+    copies), in whatever order read-ahead fetches them; the whole object is
+    published once its hash matches."""
+    data, target, manifest = make_file(12 * CHUNK + 77)
+    remote = IntoRemote(data)
+    fetcher = Fetcher(CacheArea(tmp_path / "storage", None), remote.fetch_chunk, remote.download,
+                      fetch_chunk_into=remote.fetch_chunk_into)
+    out = bytearray()
+    while len(out) < len(data):
+        out += fetcher.read(target, manifest, len(out), 3 * CHUNK + 11)
+    assert bytes(out) == data
+    assert sorted(remote.into_calls) == [c.start for c in manifest.chunks] and remote.calls == []
+    fetcher.flush()
+    assert open(fetcher.cache.object_path("sha1", target.digest), "rb").read() == data
+    assert not any(fetcher.cache.has("sha1", c.sha1) for c in manifest.chunks)
+
+
+def test_chunks_cached_before_the_assembly_are_taken_in(tmp_path):
+    """Chunks read at random first become chunk objects; a reader who then
+    starts at the beginning gets the rest built in place around them."""
+    data, target, manifest = make_file(8 * CHUNK)
+    remote = IntoRemote(data)
+    fetcher = Fetcher(CacheArea(tmp_path / "storage", None), remote.fetch_chunk, remote.download,
+                      fetch_chunk_into=remote.fetch_chunk_into)
+    for index in (5, 2):
+        offset = index * CHUNK + 10
+        assert fetcher.read(target, manifest, offset, 100) == data[offset:offset + 100]
+    fetcher.flush()
+    assert remote.calls == [5 * CHUNK, 2 * CHUNK]  # into memory: no assembly without chunk 0
+    assert fetcher.read(target, manifest, 0, len(data)) == data
+    fetcher.flush()
+    assert sorted(remote.calls + remote.into_calls) == [c.start for c in manifest.chunks]
+    assert open(fetcher.cache.object_path("sha1", target.digest), "rb").read() == data
+
+
+def test_a_whole_that_fails_its_hash_is_refused_when_built_in_place(tmp_path):
+    data, target, manifest = make_file(6 * CHUNK + 3)
+    lying = FileTarget("sha1", hashlib.sha1(b"another file").hexdigest(), target.size, "0" * 40)
+    remote = IntoRemote(data)
+    fetcher = Fetcher(CacheArea(tmp_path / "storage", None), remote.fetch_chunk, remote.download,
+                      fetch_chunk_into=remote.fetch_chunk_into)
+    with pytest.raises(HashMismatch):
+        fetcher.read(lying, manifest, 0, len(data))  # the read that completes the file
+    with pytest.raises(HashMismatch):
+        fetcher.read(lying, manifest, 0, 10)  # and every read after it
+    assert not fetcher.cache.has("sha1", lying.digest)

@@ -101,6 +101,17 @@ def test_read_range_returns_the_bytes_and_their_sha1(kind):
     assert got == hashlib.sha1(LARGE[start:end]).hexdigest()
 
 
+def test_receive_range_writes_the_bytes_at_their_offset(kind, tmp_path):
+    digest = kind.seed(LARGE)
+    start, end = 1_048_576 + 5, 3 * 1_048_576 + 9
+    path = tmp_path / "landing"
+    with open(path, "w+b") as file:  # (read too: what lands is hashed from the file)
+        got = kind.transport.receive_range("sha1", digest, start, end, file.fileno())
+    assert got == hashlib.sha1(LARGE[start:end]).hexdigest()
+    landed = path.read_bytes()
+    assert landed[start:end] == LARGE[start:end] and len(landed) == end
+
+
 def test_read_small_and_read_small_many(kind):
     digest = kind.seed(SMALL)
     assert kind.transport.read_small("sha1", digest, 1000) == SMALL
@@ -152,6 +163,8 @@ def test_a_corrupt_copy_is_an_error_on_every_path(kind, tmp_path):
     chunk = Chunk(last, len(LARGE), hashlib.sha1(LARGE[last:]).hexdigest())
     with pytest.raises(HashMismatch):
         kind.remotes.fetch_chunk(FileTarget("sha1", claimed, len(LARGE)), chunk)
+    with open(tmp_path / "landing", "w+b") as file, pytest.raises(HashMismatch):
+        kind.remotes.fetch_chunk_into(FileTarget("sha1", claimed, len(LARGE)), chunk, file.fileno())
 
 
 def test_sound_copies_arrive_through_the_remote_set(kind, tmp_path):
