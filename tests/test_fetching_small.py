@@ -92,6 +92,9 @@ def test_prefetch_small_asks_in_batches_of_batch_objects(tmp_path):
     fetcher = fetcher_for(tmp_path, remote)
     keys = list(objects)
     fetcher.prefetch_small(keys + keys[:3])  # duplicates are asked for once
+    # (Reads before the batches are under way would fetch one by one: on a
+    # loaded machine the prefetch threads may start late.)
+    wait_until(lambda: sum(len(asked) for asked in remote.batch_calls) == len(keys))
     for key in keys:
         assert fetcher.small_object(*key) == objects[key]
     assert sorted(len(asked) for asked in remote.batch_calls) == [5, BATCH_OBJECTS, BATCH_OBJECTS]
