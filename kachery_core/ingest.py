@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from .direct_write import BlockWriter, aligned_buffer
 from .hashing import digest_bytes, new_hasher
 from .manifest import Chunk, DirEntry, FileEntry, FileManifest, dir_manifest_bytes
-from .transport import SourceChanged
 
 log = logging.getLogger("kachery")
 
@@ -186,6 +185,8 @@ def _check_unchanged(source, before, size, path):
     names no version of it: refuse it (SourceChanged)."""
     after = os.fstat(source.fileno())
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or size != before.st_size:
+        from .transport import SourceChanged  # here: transport costs 2 ms of every store's start
+
         raise SourceChanged(path or getattr(source, "name", "the source"))
 
 
