@@ -207,7 +207,7 @@ def _copy_and_hash(source, writer, algorithm, progress=None):
 
     Measured on the 2-core bench VM (1 GiB, cached, O_DIRECT writes, the
     pipeline alone, 3 rounds per alternation): the worker taking every 6th
-    chunk 0.65-0.71 s, the reader hashing every chunk itself 0.75-0.80 s,
+    chunk 0.69-0.71 s, the reader hashing every chunk itself 0.75-0.80 s,
     against 0.77-0.85 s for the reader only reading and three workers
     (whole, chunks, writes) hashing 4 MiB blocks another core had filled; in
     a second alternation, this rule 0.64-0.67 s, every 6th 0.63-0.69 s.
