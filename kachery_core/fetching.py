@@ -44,6 +44,7 @@ from cachetools import LRUCache
 from .assembly import Assembly, AssemblyClosed
 from .errors import HashMismatch, KacheryError
 from .hashing import new_hasher
+from .receiving import write_at
 from .stats import Stats
 
 log = logging.getLogger("kachery")
@@ -419,7 +420,7 @@ class Fetcher:
 
     def _copy_chunk_into(self, target, chunk, fd):
         """fetch_chunk_into from fetch_chunk: the verified bytes, written at their offset."""
-        _write_at(fd, self._fetch_chunk(target, chunk), chunk.start)
+        write_at(fd, self._fetch_chunk(target, chunk), chunk.start)
 
     def _hold_fresh(self, key, data):
         """Keep fetched bytes in memory until written; wait while FRESH_MAX is held."""
@@ -575,7 +576,7 @@ class Fetcher:
             data = os.pread(source, chunk.end - chunk.start, 0)
         finally:
             os.close(source)
-        assembly.receive(index, lambda fd: _write_at(fd, data, chunk.start))
+        assembly.receive(index, lambda fd: write_at(fd, data, chunk.start))
         return True
 
     def _finish(self, assembly):
@@ -667,10 +668,3 @@ def _concatenate(cache, manifest, fd, algorithm):
         while view:
             view = view[os.write(fd, view):]
     return hasher.hexdigest()
-
-
-def _write_at(fd, data, offset):
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written

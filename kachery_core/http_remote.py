@@ -45,6 +45,7 @@ from .receiving import (
     receive_into,
     skip,
     uninitialized,
+    write_at,
 )
 from .transport import (SourceChanged, TransferSettings, is_in_memory, object_path,
                         receive_range_by_copy)
@@ -665,19 +666,12 @@ def _receive_body(response, fd, offset, hasher, progress, early_writeback, pace)
     else goes through receiving.pump.
     """
     expected = response.headers.get("Content-Length", "")
-    sock = (zerocopy.body_socket(response.raw)
-            if expected.isdigit() and int(expected) >= FAST_READ_MIN else None)
     received = 0
-    if sock is not None:
-        try:
-            return zerocopy.receive(response.raw, sock, fd, hasher, progress,
-                                    WRITEBACK_STEP if early_writeback else None, offset, pace)
-        except zerocopy.SpliceRefused as refused:
-            received = refused.received
-        except TooSlow:
-            raise
-        except _NETWORK_ERRORS as error:
-            raise TransferFailed(describe(error)) from None
+    if expected.isdigit() and int(expected) >= FAST_READ_MIN:
+        received, done = _splice_body(response, fd, offset, hasher, progress,
+                                      WRITEBACK_STEP if early_writeback else None, pace)
+        if done:
+            return received
     block = min(RECEIVE_BLOCK, int(expected) + 1) if expected.isdigit() else RECEIVE_BLOCK
     os.lseek(fd, offset + received, os.SEEK_SET)
     return received + pump(_body_reader(response, pace), fd, hasher, progress, block,
@@ -688,26 +682,33 @@ def _receive_range_body(response, fd, offset, length, hasher, pace):
     """Write a body of at most ``length`` bytes into ``fd`` at ``offset``,
     hashing it; return its size. Only positional writes: other ranges of the
     same file may be arriving on other threads at the same time."""
-    sock = zerocopy.body_socket(response.raw)
-    received = 0
-    if sock is not None:
-        try:
-            return zerocopy.receive(response.raw, sock, fd, hasher, None, None, offset, pace)
-        except zerocopy.SpliceRefused as refused:
-            received = refused.received
-        except TooSlow:
-            raise
-        except _NETWORK_ERRORS as error:
-            raise TransferFailed(describe(error)) from None
+    received, done = _splice_body(response, fd, offset, hasher, None, None, pace)
+    if done:
+        return received
     data = uninitialized(length - received)
     count = receive_into(_body_reader(response, pace), data)
-    view = memoryview(data)[:count]
-    hasher.update(view)
-    position = offset + received
-    while view:
-        written = os.pwrite(fd, view, position)
-        view, position = view[written:], position + written
+    hasher.update(memoryview(data)[:count])
+    write_at(fd, memoryview(data)[:count], offset + received)
     return received + count
+
+
+def _splice_body(response, fd, offset, hasher, progress, writeback_every, pace):
+    """(bytes received, whether that was the whole body) by splicing the body
+    into ``fd`` at ``offset`` (zerocopy.py); (0, False) when it cannot be
+    spliced, and what landed before a refusal otherwise (the caller reads the
+    rest the usual way)."""
+    sock = zerocopy.body_socket(response.raw)
+    if sock is None:
+        return 0, False
+    try:
+        return zerocopy.receive(response.raw, sock, fd, hasher, progress, writeback_every,
+                                offset, pace), True
+    except zerocopy.SpliceRefused as refused:
+        return refused.received, False
+    except TooSlow:
+        raise
+    except _NETWORK_ERRORS as error:
+        raise TransferFailed(describe(error)) from None
 
 
 def _start_of_body(remote, response, asked, what):

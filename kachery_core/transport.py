@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from .hashing import validate_hash
 from .pace import DEFAULT_SPEED_LIMIT, DEFAULT_SPEED_TIME, Pace
+from .receiving import write_at
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,7 @@ def object_path(algorithm, digest):
 def receive_range_by_copy(transport, algorithm, digest, start, end, fd):
     """receive_range for a transport that only reads ranges into memory."""
     data, got = transport.read_range(algorithm, digest, start, end)
-    view, offset = memoryview(data), start
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+    write_at(fd, data, start)
     return got
 
 

@@ -27,6 +27,7 @@ import time
 
 from .durability import start_writeback
 from .pace import NoPace
+from .receiving import write_at
 
 #: Bytes moved per splice step (the pipe is enlarged to this when allowed).
 STEP = 1024 * 1024
@@ -78,7 +79,7 @@ def receive(raw, sock, fd, hasher, progress=None, writeback_every=None, offset=0
     # http.client may hold the first bytes of the body in its buffer already.
     head = body.read(min(body.length, len(body.fp.peek(1)))) if body.length else b""
     hasher.update(head)
-    _write_at(fd, head, offset)
+    write_at(fd, head, offset)
     if progress and head:
         progress(len(head))
     start = offset + len(head)
@@ -240,15 +241,7 @@ def _drain_pipe(pipe_out, fd, count, offset):
         except OSError as error:
             if error.errno not in _UNSUPPORTED:
                 raise
-            moved = _write_at(fd, os.read(pipe_out, count), offset)  # no splice into this file system
+            moved = write_at(fd, os.read(pipe_out, count), offset)  # no splice into this file system
         count -= moved
         offset += moved
 
-
-def _write_at(fd, data, offset):
-    """Write all of ``data`` at ``offset``; return its length."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-    return len(data)
