@@ -1,5 +1,6 @@
 """A remote over HTTP (SPEC §5): a kachery server or any static HTTP server
-over a storage directory (read-only). The only module that imports ``requests``.
+over a storage directory (read-only). The only module that imports ``requests``
+(upload bodies are made in http_upload.py).
 
 One :class:`HttpRemote` per configured URL; it implements the transport
 interface of transport.py (RemoteSet, in remote.py, decides which remote to
@@ -20,11 +21,9 @@ and every body read against a minimum pace (pace.py).
 """
 
 import functools
-import http.client
 import json
 import logging
 import os
-import ssl
 import threading
 import time
 
@@ -47,17 +46,12 @@ from .receiving import (
     uninitialized,
     write_at,
 )
+from .http_upload import SENDFILE_MIN, FileBody, batch_body, sendfile_put, unless_changed
 from .transport import (SourceChanged, TransferSettings, is_in_memory, object_path,
                         receive_range_by_copy)
 
 log = logging.getLogger("kachery")
 
-#: Bytes handed to the socket per step of an upload through requests.
-SEND_BLOCK = 1024 * 1024
-#: Files at least this large are PUT with sendfile(2) (see _sendfile_put) ...
-SENDFILE_MIN = 8 * 1024 * 1024
-#: ... in steps of this many bytes (progress is reported per step).
-SEND_STEP = 64 * 1024 * 1024
 #: Times a download cut in the middle resumes where it stopped (a Range
 #: request for the rest) before the next remote is tried.
 RESUMES = 3
@@ -207,6 +201,11 @@ class HttpRemote:
     def _verify(self):
         """requests' certificate setting for the remote (True, False or a CA path)."""
         return self._session().merge_environment_settings(self.url, {}, None, None, None)["verify"]
+
+    def _ca_setting(self):
+        """The same for a connection made without requests: False or a CA path."""
+        verify = self._verify()
+        return requests.utils.DEFAULT_CA_BUNDLE_PATH if verify is True else verify
 
     # -------------------------------------------------------------- reads
 
@@ -391,12 +390,12 @@ class HttpRemote:
             data = bytes(source) if in_memory else b""
             response = self._send("PUT", path, body=lambda: data, headers=headers)
         elif size >= SENDFILE_MIN and self._direct_ok():
-            response = _unless_changed(source, size, lambda: self._retrying(lambda: _sendfile_put(
+            response = unless_changed(source, size, lambda: self._retrying(lambda: sendfile_put(
                 f"{self.url}/{path}", self._headers(headers), source, size,
-                self._verify(), self.settings.timeout, progress)))
+                self._ca_setting(), self.settings.timeout, progress)))
         else:
-            response = _unless_changed(source, size, lambda: self._send(
-                "PUT", path, headers=headers, body=lambda: _FileBody(source, size, progress)))
+            response = unless_changed(source, size, lambda: self._send(
+                "PUT", path, headers=headers, body=lambda: FileBody(source, size, progress)))
         with response:
             if response.status_code == 400 and not in_memory:
                 # The caller hashed this file to ``digest`` and the server found
@@ -419,7 +418,7 @@ class HttpRemote:
             for algorithm, digest, source in items:
                 self.upload(algorithm, digest, source, progress)
             return
-        body = _batch_body(items)
+        body = batch_body(items)
         response = self._send("POST", "api/upload", body=lambda: body,
                               headers={"Content-Type": "application/x-kachery-objects"})
         with response:
@@ -470,96 +469,6 @@ class _DirectResponse:
     def __exit__(self, *exc):
         self.close()
         return False
-
-
-class _PlainResponse:
-    """The parts of a requests.Response that the status handling reads."""
-
-    def __init__(self, status, headers, body):
-        self.status_code = status
-        self.headers = headers
-        self.text = body.decode("utf-8", "replace")
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _sendfile_put(url, headers, source, size, verify, timeout, progress):
-    """PUT a file with sendfile(2) on a fresh connection; return a _PlainResponse.
-
-    requests would copy every byte through Python (read, then send): for a
-    1 GiB upload that is ten times the CPU, which the server needs on a small
-    machine. Connection errors are raised as ConnectionError (retried).
-    """
-    parsed = urllib3.util.parse_url(url)
-    with open(source, "rb") as file:  # a local error here is not a network error
-        connection = _connection(parsed, verify, timeout)
-        try:
-            connection.putrequest("PUT", parsed.request_uri, skip_accept_encoding=True)
-            for name, value in headers.items():
-                connection.putheader(name, value)
-            connection.endheaders()
-            try:
-                _send_file(connection.sock, file, size, progress)
-            except SourceChanged:
-                raise
-            except OSError:  # the server may have refused (401, 413) and closed: read why
-                pass
-            response = connection.getresponse()
-            return _PlainResponse(response.status, response.headers, response.read())
-        except SourceChanged:
-            raise
-        except (OSError, http.client.HTTPException) as error:
-            raise ConnectionError(f"{type(error).__name__}: {error}") from None
-        finally:
-            connection.close()
-
-
-def _connection(parsed, verify, timeout):
-    """An http.client connection honouring requests' ``verify`` (True, False, CA path)."""
-    if parsed.scheme != "https":
-        return http.client.HTTPConnection(parsed.host, parsed.port, timeout=timeout)
-    if verify is False:
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    elif isinstance(verify, str) and os.path.isdir(verify):
-        context = ssl.create_default_context(capath=verify)
-    else:
-        cafile = verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
-        context = ssl.create_default_context(cafile=cafile)
-    return http.client.HTTPSConnection(parsed.host, parsed.port, timeout=timeout, context=context)
-
-
-def _send_file(sock, file, size, progress):
-    """sendfile the whole file in steps (for progress); TLS sockets fall back to send."""
-    offset = 0
-    while offset < size:
-        step = min(SEND_STEP, size - offset)
-        sent = sock.sendfile(file, offset, step)
-        if not sent:
-            if os.fstat(file.fileno()).st_size < size:  # (else the peer closed)
-                raise SourceChanged(file.name)
-            raise ConnectionError("connection closed while sending")
-        offset += sent
-        if progress:
-            progress(sent)
-
-
-def _batch_body(items):
-    """The body of POST /api/upload: '<alg> <digest> <size>\\n' + bytes, per object."""
-    parts = []
-    for algorithm, digest, source in items:
-        if not isinstance(source, (bytes, bytearray, memoryview)):
-            with open(source, "rb") as file:
-                source = file.read()
-        parts += [f"{algorithm} {digest} {len(source)}\n".encode("ascii"), source]
-    return b"".join(parts)
 
 
 def _parse_objects(body):
@@ -724,47 +633,3 @@ def _start_of_body(remote, response, asked, what):
         raise RemoteUnavailable(remote.url, f"resumed {what} from byte {asked}, got "
                                 f"{response.headers.get('Content-Range')!r}")
     raise _status_error(remote, response, what)
-
-
-def _unless_changed(source, size, send):
-    """``send()``; when it fails and ``source`` no longer has ``size`` bytes,
-    say so (SourceChanged) instead of blaming the remote: a file cut short
-    under an upload leaves the server waiting for the rest of the body."""
-    try:
-        return send()
-    except (RemoteUnavailable, ConnectionError, OSError):
-        try:
-            changed = os.path.getsize(source) != size
-        except OSError:
-            changed = True
-        if changed:
-            raise SourceChanged(source) from None
-        raise
-
-
-class _FileBody:
-    """A file as a PUT body: large reads (urllib3 asks for 16 KiB), a length, progress."""
-
-    def __init__(self, path, size, progress=None):
-        self._file = open(path, "rb")
-        self._size = size
-        self._sent = 0
-        self._progress = progress
-
-    def __len__(self):
-        return self._size
-
-    def __iter__(self):  # makes requests treat it as a stream with a known length
-        return iter(lambda: self.read(SEND_BLOCK), b"")
-
-    def read(self, _size=-1):
-        block = self._file.read(SEND_BLOCK)
-        self._sent += len(block)
-        if not block and self._sent < self._size:  # cut short: fail now, not at the server's timeout
-            raise SourceChanged(self._file.name)
-        if block and self._progress:
-            self._progress(len(block))
-        return block
-
-    def close(self):
-        self._file.close()

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kachery_core.settings import Remote
-from kachery_core.http_remote import _batch_body, _parse_objects
+from kachery_core.http_remote import _parse_objects
+from kachery_core.http_upload import batch_body as _batch_body
 from kachery_core.remote import RemoteSet
 from kachery_server import batch
 from server_helpers import (  # noqa: F401  (fixtures)

@@ -238,12 +238,12 @@ def test_a_file_truncated_during_its_put_is_changed_at_once(servers, tmp_path, s
     file hashed long before), the file is cut short, the PUT goes on. It
     ends at once with the one-line error, not at a timeout, and the server
     holds nothing under that name. Large files go up with sendfile(2),
-    smaller ones through requests (http_remote.SENDFILE_MIN)."""
+    smaller ones through requests (http_upload.SENDFILE_MIN)."""
     import subprocess
 
     from conftest import _command_path
     from hostile_helpers import PausingProxy
-    from kachery_core.http_remote import SENDFILE_MIN
+    from kachery_core.http_upload import SENDFILE_MIN
 
     assert (size >= SENDFILE_MIN) == (size == 32 * 1024 * 1024)
     server = servers.kachery()
