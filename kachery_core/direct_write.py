@@ -62,7 +62,7 @@ class BlockWriter:
                 if error.errno not in _REFUSALS:
                     raise
                 self.close()  # refused: this block and the rest go through the cache
-        _pwrite_all(self.fd, memoryview(buffer)[:count], offset)
+        write_at(self.fd, memoryview(buffer)[:count], offset)
         if (offset + count) // WRITEBACK_STEP != offset // WRITEBACK_STEP:
             start_writeback(self.fd, 0, 0)  # get the disk busy now, not at the final flush
 
@@ -71,7 +71,7 @@ class BlockWriter:
         # ``count`` are left-overs of earlier blocks) and cut back in finish().
         length = -(-count // ALIGN) * ALIGN
         self._padded = self._padded or length != count
-        _pwrite_all(self.direct, memoryview(buffer)[:length], offset)
+        write_at(self.direct, memoryview(buffer)[:length], offset)
 
     def finish(self, size):
         self.close()
@@ -96,8 +96,11 @@ def _open_direct(path):
         raise
 
 
-def _pwrite_all(fd, view, offset):
+def write_at(fd, data, offset):
+    """Write all of ``data`` at ``offset`` (no seek position: safe while other
+    threads write other ranges of the same file); return its length."""
+    view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
+        view, offset = view[written:], offset + written
+    return len(data)

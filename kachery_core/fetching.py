@@ -44,7 +44,7 @@ from cachetools import LRUCache
 from .assembly import Assembly, AssemblyClosed
 from .errors import HashMismatch, KacheryError
 from .hashing import new_hasher
-from .receiving import write_at
+from .direct_write import write_at
 from .stats import Stats
 
 log = logging.getLogger("kachery")

@@ -31,6 +31,7 @@ import requests
 import urllib3
 
 from . import zerocopy
+from .direct_write import write_at
 from .errors import AccessDenied, HashMismatch, ObjectNotFound, RemoteRejected, RemoteUnavailable
 from .hashing import is_valid_hash, new_hasher
 from .pace import TooSlow
@@ -44,7 +45,6 @@ from .receiving import (
     receive_into,
     skip,
     uninitialized,
-    write_at,
 )
 from .http_upload import SENDFILE_MIN, FileBody, batch_body, sendfile_put, unless_changed
 from .transport import (SourceChanged, TransferSettings, is_in_memory, object_path,

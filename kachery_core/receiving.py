@@ -107,16 +107,6 @@ def write_all(fd, block):
     while block:
         block = block[os.write(fd, block):]
 
-
-def write_at(fd, data, offset):
-    """Write all of ``data`` at ``offset`` (no seek position: safe while other
-    threads write other ranges of the same file); return its length."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-    return len(data)
-
 def skip(readinto, count):
     """Read and drop ``count`` bytes of a body (a remote that ignores Range)."""
     scratch = bytearray(min(RECEIVE_BLOCK, max(count, 1)))

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from .hashing import validate_hash
 from .pace import DEFAULT_SPEED_LIMIT, DEFAULT_SPEED_TIME, Pace
-from .receiving import write_at
+from .direct_write import write_at
 
 
 @dataclass(frozen=True)

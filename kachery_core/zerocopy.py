@@ -27,7 +27,7 @@ import time
 
 from .durability import start_writeback
 from .pace import NoPace
-from .receiving import write_at
+from .direct_write import write_at
 
 #: Bytes moved per splice step (the pipe is enlarged to this when allowed).
 STEP = 1024 * 1024

@@ -27,6 +27,7 @@ import threading
 from cachetools import LRUCache
 
 from .errnos import errno_for
+from .resolver import BLOCK_SIZE
 
 
 def _prefer_libfuse3():
@@ -48,11 +49,6 @@ log = logging.getLogger("kachery.mount")
 
 #: Kernel caching of names and attributes (seconds): content never changes.
 CACHE_TIMEOUT = 24 * 3600.0
-#: Advertised I/O size (st_blksize). Python's buffered open() reads a whole
-#: st_blksize at a time, so a 4 KiB read of a lazily fetched file must not
-#: become a read that reaches into the next chunk: 128 KiB, which is also
-#: what cp and cat use at least (they size their buffers by it).
-BLOCK_SIZE = 128 * 1024
 #: Largest kernel readahead we ask for (the kernel's offer caps it).
 MAX_READAHEAD = 1 << 20
 #: Directory entries kept ready for the kernel (about 200 bytes each).

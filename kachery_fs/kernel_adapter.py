@@ -42,16 +42,12 @@ from kachery_core.errors import HashMismatch
 from . import kernel_protocol as fk
 from .errnos import errno_for
 from .kernel_channel import REQUEST_BUFFER, connect
+from .resolver import BLOCK_SIZE
 
 log = logging.getLogger("kachery.mount")
 
 #: Kernel caching of names and attributes (seconds): content never changes.
 CACHE_TIMEOUT = 24 * 3600
-#: Advertised I/O size (st_blksize). Python's buffered open() reads a whole
-#: st_blksize at a time, so a 4 KiB read of a lazily fetched file must not
-#: become a read that reaches into the next chunk: 128 KiB, which is also
-#: what cp and cat use at least (they size their buffers by it).
-BLOCK_SIZE = 128 * 1024
 #: Largest READ request (pages of 4 KiB): 1 MiB, the size of a chunk read.
 MAX_PAGES = 256
 #: Background requests (readahead) the kernel may have in flight at once.

@@ -40,6 +40,11 @@ from .readers import open_reader
 
 FILE_MODE = stat.S_IFREG | 0o444
 DIR_MODE = stat.S_IFDIR | 0o555
+#: Advertised I/O size (st_blksize). Python's buffered open() reads a whole
+#: st_blksize at a time, so a 4 KiB read of a lazily fetched file must not
+#: become a read that reaches into the next chunk: 128 KiB, which is also
+#: what cp and cat use at least (they size their buffers by it).
+BLOCK_SIZE = 128 * 1024
 #: The fixed top-level directories; listing them shows nothing (hashes are not enumerable).
 TOP_DIRS = ("sha1", "md5", "sha1dir")
 ROOT_INODE = 1
